@@ -1,0 +1,91 @@
+"""Small convolutional network: conv–norm–act(–pool) blocks, global average pooling, a linear head.
+
+Each entry of ``channels`` is one block; a 2×2 max-pool follows every block while the feature map
+is still at least 2×2 on both sides, so the same config fits 8×8 digits and 28×28 images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bigmodel.models.base import Model
+from bigmodel.models.registry import Family
+from bigmodel.nn.activations import ACTIVATIONS
+from bigmodel.nn.conv import ConvNormAct
+
+
+@dataclass
+class CNNConfig:
+    input_shape: tuple[int, ...] = (1, 28, 28)  # (channels, height, width)
+    num_outputs: int = 10
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 3
+    convs_per_block: int = 1
+    norm: str = "batch"
+    activation: str = "relu"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        self.input_shape = tuple(int(d) for d in self.input_shape)
+        self.channels = [int(c) for c in self.channels]
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ValueError(f"input_shape must be (channels, height, width), got {self.input_shape}")
+        if self.num_outputs < 1:
+            raise ValueError(f"num_outputs must be >= 1, got {self.num_outputs}")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be a non-empty list of positive ints, got {self.channels}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int, got {self.kernel_size}")
+        if self.convs_per_block < 1:
+            raise ValueError(f"convs_per_block must be >= 1, got {self.convs_per_block}")
+        if self.norm not in ("batch", "none"):
+            raise ValueError(f"norm {self.norm!r} is not one of ['batch', 'none']")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class CNN(Model):
+    def __init__(self, config: CNNConfig):
+        super().__init__(config)
+        c = config
+        blocks, in_ch, size = [], c.input_shape[0], min(c.input_shape[1:])
+        for out_ch in c.channels:
+            layers = [
+                ConvNormAct(in_ch if i == 0 else out_ch, out_ch, c.kernel_size, norm=c.norm, act=c.activation)
+                for i in range(c.convs_per_block)
+            ]
+            if size >= 2:  # pool while there is something left to pool
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            blocks.append(nn.Sequential(*layers))
+            in_ch = out_ch
+        self.blocks = nn.ModuleList(blocks)
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(in_ch, c.num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # (B, H, W) grey images -> (B, 1, H, W)
+            x = x.unsqueeze(1)
+        for block in self.blocks:
+            x = block(x)  # (B, C, H', W')
+        x = x.mean(dim=(2, 3))  # global average pool -> (B, C)
+        return self.head(self.drop(x))
+
+
+def _example_input(config: CNNConfig, batch_size: int = 2) -> tuple[torch.Tensor]:
+    return (torch.randn(batch_size, *config.input_shape),)
+
+
+FAMILY = Family(
+    name="cnn",
+    config_cls=CNNConfig,
+    model_cls=CNN,
+    presets={"cnn-tiny": {"input_shape": (3, 9, 7), "num_outputs": 5, "channels": [6, 11], "dropout": 0.1}},
+    tiny_presets=("cnn-tiny",),
+    example_input=_example_input,
+)

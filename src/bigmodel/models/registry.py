@@ -1,0 +1,129 @@
+"""The model registry: family names → family modules, presets → families.
+
+A family lives in one file, ``bigmodel/models/<family>.py``, that ends with a module-level
+``FAMILY = Family(...)``. The registry imports a family file only when it is asked for, so listing
+names never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bigmodel.errors import RecipeError, did_you_mean, unknown_name
+
+# family name -> module under bigmodel.models. Add a line here when a family file lands.
+FAMILY_MODULES: dict[str, str] = {
+    "mlp": "mlp",
+    "cnn": "cnn",
+}
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """How a published checkpoint layout (Hugging Face, torchvision) maps onto a native state dict.
+
+    Attributes:
+        key_map: config -> {native key: published key} covering every native tensor. hub/convert.py
+            asserts every key is consumed and every shape matches, in both directions.
+        transposed: config -> native keys whose published tensor is stored transposed
+            (GPT-2's Conv1D keeps Linear weights as (in, out)).
+        optional: config -> published keys that may be absent or ignored on load (tied copies, buffers
+            such as ``attn.bias`` masks) and are not written on save.
+        config_from: published config dict -> native config kwargs; raises ValueError naming any
+            option the native family does not implement (never load into a model that computes
+            something else).
+        config_to: native config -> published config dict.
+        model_types: published ``model_type`` values (config.json) this format loads.
+    """
+
+    key_map: Callable[[Any], dict[str, str]]
+    transposed: Callable[[Any], set[str]] = lambda config: set()
+    optional: Callable[[Any], set[str]] = lambda config: set()
+    config_from: Callable[[dict], dict] | None = None
+    config_to: Callable[[Any], dict] | None = None
+    model_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything the toolkit needs to know about one model family.
+
+    Attributes:
+        name: the ``arch`` name used in recipes (``model: {arch: cnn}``).
+        config_cls: a flat dataclass validated in ``__post_init__``.
+        model_cls: an ``nn.Module`` built as ``model_cls(config)``.
+        presets: preset name -> config overrides (data, not functions).
+        tiny_presets: presets small enough for the contract test suite.
+        example_input: ``(config, batch_size) -> tuple of tensors`` for contract tests and export.
+        formats: published checkpoint layouts this family converts to and from ("hf", "torchvision").
+    """
+
+    name: str
+    config_cls: type
+    model_cls: type
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tiny_presets: tuple[str, ...] = ()
+    example_input: Callable[..., tuple] | None = None
+    formats: Mapping[str, CheckpointFormat] = field(default_factory=dict)
+
+
+def family_names() -> list[str]:
+    return sorted(FAMILY_MODULES)
+
+
+def get_family(name: str) -> Family:
+    """Import and return the family registered as ``name``."""
+    if name not in FAMILY_MODULES:
+        raise unknown_name("model.arch", name, FAMILY_MODULES)
+    module = importlib.import_module(f"bigmodel.models.{FAMILY_MODULES[name]}")
+    return module.FAMILY
+
+
+def all_families() -> list[Family]:
+    return [get_family(name) for name in family_names()]
+
+
+def find_preset(name: str) -> tuple[Family, Mapping[str, Any]] | None:
+    """Return (family, overrides) for a preset name, searching every family."""
+    for family in all_families():
+        if name in family.presets:
+            return family, family.presets[name]
+    return None
+
+
+def build_config(family: Family, overrides: Mapping[str, Any], field_prefix: str = "model"):
+    """Build ``family.config_cls(**overrides)`` with clear errors for unknown or invalid fields."""
+    names = [f.name for f in dataclasses.fields(family.config_cls)]
+    for key in overrides:
+        if key not in names:
+            raise RecipeError(
+                f"{field_prefix}.{key}: unknown option for model '{family.name}'. "
+                f"Allowed: {', '.join(names)}.{did_you_mean(key, names)}"
+            )
+    try:
+        return family.config_cls(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{field_prefix}: invalid configuration for '{family.name}': {exc}") from None
+
+
+def create_model(name_or_preset: str, **overrides: Any):
+    """Create a model from a family name (``"cnn"``) or a preset name (``"gpt2"``).
+
+    Args:
+        name_or_preset: a registered family or preset.
+        **overrides: config fields that replace the family defaults or the preset's values.
+    """
+    if name_or_preset in FAMILY_MODULES:
+        family, base = get_family(name_or_preset), {}
+    else:
+        found = find_preset(name_or_preset)
+        if found is None:
+            presets = [p for f in all_families() for p in f.presets]
+            raise unknown_name("model", name_or_preset, [*FAMILY_MODULES, *presets])
+        family, base = found
+    config = build_config(family, {**base, **overrides})
+    return family.model_cls(config)

@@ -1,0 +1,1 @@
+"""Leaf building blocks with no model-family knowledge. Imports torch only."""
