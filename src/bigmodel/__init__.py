@@ -1,1 +1,72 @@
-"""bigmodel."""
+"""bigmodel: one readable PyTorch toolkit for the whole life of a neural model.
+
+``import bigmodel`` is cheap: torch loads on first use of a function that needs it, so the CLI's
+``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# The stage packages bigmodel.train and bigmodel.evaluate share their names with the API functions
+# below. Import the packages first so Python binds them now, then rebind the names to the functions;
+# later imports of their submodules (bigmodel.train.loop) no longer touch these attributes.
+from bigmodel import evaluate as _evaluate_stage  # noqa: F401
+from bigmodel import train as _train_stage  # noqa: F401
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_recipe": "bigmodel.pipeline",
+    "load": "bigmodel.pipeline",
+    "Run": "bigmodel.pipeline",
+    "Predictor": "bigmodel.serve",
+    "create_model": "bigmodel.models.registry",
+    "UserError": "bigmodel.errors",
+}
+__all__ = sorted([*_LAZY, "train", "evaluate"])
+
+
+def train(recipe, output="runs", resume=None, progress=True, **overrides):
+    """Train a recipe end to end and evaluate it on its validation and test splits.
+
+    Args:
+        recipe: a YAML path, a shipped recipe name (``"digits-cnn"``), a dict or a Recipe.
+        output: parent folder of run directories (``output/<recipe name>/<timestamp>``).
+        resume: an interrupted run directory to continue exactly where its last checkpoint left off.
+        progress: show progress (a bar on a terminal, plain lines otherwise).
+        **overrides: recipe overrides, nested (``train={"epochs": 2}``) or dotted
+            (``**{"train.epochs": 2}``).
+
+    Returns:
+        Run: ``run.path`` (the run directory) and ``run.metrics`` (train/validation/test figures).
+    """
+    from bigmodel.pipeline import train as _train
+
+    return _train(recipe, output=output, resume=resume, progress=progress, **overrides)
+
+
+def evaluate(run, split="test"):
+    """Evaluate a trained run on one split of its data; also recorded in the run's ``eval.json``.
+
+    Args:
+        run: a Run or a run directory.
+        split: ``train``, ``validation`` or ``test``.
+
+    Returns:
+        dict: accuracy, macro precision/recall/F1, per-class table and confusion matrix
+        (classification) or MSE/RMSE/MAE/R² (regression), plus the loss.
+    """
+    from bigmodel.pipeline import evaluate as _evaluate
+
+    return _evaluate(run, split)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bigmodel' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -54,7 +54,9 @@ def from_published(
     return native
 
 
-def to_published(fmt: CheckpointFormat, config, native: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_published(
+    fmt: CheckpointFormat, config, native: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Map a native state dict to the published layout (the inverse of :func:`from_published`).
 
     Native tensors that share storage (tied embeddings) are written once per published key; keys the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -21,3 +22,13 @@ class Model(nn.Module):
             seen.add(id(p))
             total += p.numel()
         return total
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Model outputs for every row of ``features``, in eval mode, in batches of ``batch_size``."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
+    model.train(was_training)
+    return torch.cat(outputs)

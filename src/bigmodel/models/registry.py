@@ -19,6 +19,8 @@ from bigmodel.errors import RecipeError, did_you_mean, unknown_name
 FAMILY_MODULES: dict[str, str] = {
     "mlp": "mlp",
     "cnn": "cnn",
+    "resnet": "resnet",
+    "rnn": "rnn",
 }
 
 

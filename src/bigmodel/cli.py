@@ -1,0 +1,141 @@
+"""``bigmodel <verb>``: one sub-command per stage, calling the same functions as the Python API.
+
+Heavy imports (torch) happen inside the commands, so ``bigmodel --help`` answers at once. Any
+:class:`~bigmodel.errors.UserError` becomes one paragraph on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bigmodel.errors import UserError
+
+app = typer.Typer(
+    name="bigmodel",
+    help="Declare a model in a recipe; train, evaluate and predict with it.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Parent folder for run directories.")]
+
+
+@app.command()
+def train(
+    recipe: Annotated[Optional[str], typer.Argument(help="Recipe YAML file or shipped recipe name.")] = None,  # noqa: UP045
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,  # noqa: UP045
+    output: OutputOpt = Path("runs"),
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this interrupted run exactly.")] = None,  # noqa: UP045
+):
+    """Train a recipe; the run directory is printed at the end."""
+    from bigmodel.pipeline import train as run_training
+    from bigmodel.recipe import parse_overrides
+
+    if resume is None and recipe is None:
+        raise UserError(
+            "train: give a RECIPE (file or shipped name, see 'bigmodel recipes') or --resume RUN."
+        )
+    if resume is not None and recipe is not None:
+        overrides = [recipe, *(overrides or [])]  # with --resume every argument is an override
+        recipe = None
+    run = run_training(recipe, output=output, resume=resume, **parse_overrides(overrides or []))
+    _print_summary(run, "Training finished")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+):
+    """Evaluate a trained run on one split; writes it into the run's eval.json."""
+    from bigmodel.pipeline import evaluate as run_evaluation
+
+    metrics = run_evaluation(run, split)
+    table = Table(title=f"{run} — {split}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    if "per_class" in metrics:
+        per_class = Table(title="per class")
+        for col in ("class", "precision", "recall", "f1", "support"):
+            per_class.add_column(col, justify="right")
+        for row in metrics["per_class"]:
+            per_class.add_row(
+                row["class"], *(f"{row[k]:.4f}" for k in ("precision", "recall", "f1")), str(row["support"])
+            )
+        console.print(per_class)
+    console.print(f"written to {run / 'eval.json'}")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    inputs: Annotated[Path, typer.Argument(help="A .csv, .jsonl or .parquet file of feature rows.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write JSON lines here.")] = None,  # noqa: UP045
+):
+    """Predict every row of a file; prints one JSON object per row."""
+    from bigmodel.pipeline import load
+
+    lines = "".join(json.dumps(row) + "\n" for row in load(run).predict(inputs))
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        output.write_text(lines, encoding="utf-8")
+        console.print(f"{lines.count(chr(10))} predictions written to {output}")
+
+
+@app.command()
+def recipes():
+    """List the shipped recipes."""
+    import yaml
+
+    from bigmodel.recipe import shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        print(f"{name:<20} {data.get('description', '')}")
+
+
+@app.command()
+def demo(output: OutputOpt = Path("runs")):
+    """Train the digits CNN (recipes/digits-cnn.yaml) and print what it reached."""
+    from bigmodel.pipeline import train as run_training
+
+    run = run_training("digits-cnn", output=output)
+    _print_summary(run, "bigmodel demo: a CNN on handwritten digits")
+
+
+def _print_summary(run, title: str) -> None:
+    test = run.metrics.get("test") or run.metrics.get("validation") or {}
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("", justify="right")
+    for key in ("accuracy", "f1_macro", "r2", "rmse", "mae"):
+        if key in test:
+            table.add_row(f"test {key}", f"{test[key]:.4f}")
+    t = run.metrics["train"]
+    table.add_row("parameters", f"{t['params']:,}")
+    table.add_row("training time", f"{t['time_s']:.1f} s ({t['steps']} steps, {t['epochs']} epochs)")
+    table.add_row("run", str(run.path))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point. Usage errors exit 2 (click); user errors exit 2 with one paragraph, no traceback."""
+    try:
+        app()
+    except UserError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,95 @@
+"""Files that must never be torn: atomic writes, and tensors in safetensors (never pickle).
+
+Atomic = write a temporary file in the same folder, fsync it, rename it over the target, fsync the
+folder. A crash at any instant leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bigmodel.errors import RunDirError
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success fsync it and rename it to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses shared storage (tied embeddings): keep one name, remember aliases."""
+    unique, aliases, seen = {}, {}, {}
+    for key, t in tensors.items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and ident in seen:
+            aliases[key] = seen[ident]
+        else:
+            seen[ident] = key
+            unique[key] = t.detach().contiguous()
+    return unique, aliases
+
+
+def save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    unique, aliases = _dedupe(tensors)
+    meta = {**(metadata or {}), "aliases": json.dumps(aliases)}
+    with atomic_path(path) as tmp:
+        save_file(unique, str(tmp), metadata=meta)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    tensors = load_file(str(path))
+    for alias, key in aliases.items():
+        tensors[alias] = tensors[key]
+    return tensors
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    save_tensors(path, model.state_dict(), {"format": "pt"})
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load weights strictly: every model tensor present, nothing extra."""
+    if not Path(path).is_file():
+        raise RunDirError(f"{path}: weights file missing.")
+    model.load_state_dict(load_tensors(path), strict=True)

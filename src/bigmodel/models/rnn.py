@@ -1,0 +1,189 @@
+"""Recurrent networks: Elman RNN, LSTM (Hochreiter & Schmidhuber 1997) and GRU (Cho et al. 2014).
+
+The recurrence is torch's own ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (fused kernels on CPU, cuDNN on
+GPU); this file adds what a task needs around it: token embedding or float features, padding, pooling
+and a linear ``head``.
+
+Padding: a batch is right-padded and ``mask`` (B, T) marks real positions with 1. The batch is then
+packed (``pack_padded_sequence``) so every sequence's recurrence stops at its own length — in both
+directions: the backward direction starts at the last *real* position, not at the padding. Padded
+positions therefore never change the output.
+
+Heads: ``sequence`` gives one logit vector per sequence from either the ``last`` hidden state (the
+forward direction's state after the last real token, concatenated with the backward direction's state
+after the first token) or the ``mean`` of the top layer's outputs over real positions; ``tagging``
+gives one logit vector per position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from bigmodel.models.base import Model
+from bigmodel.models.registry import Family
+
+CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+HEADS = ("sequence", "tagging")
+POOLINGS = ("last", "mean")
+
+
+@dataclass
+class RNNConfig:
+    """Recurrent network hyper-parameters. Set exactly one of ``vocab_size`` and ``input_size``.
+
+    Attributes:
+        cell: ``rnn`` (tanh Elman), ``lstm`` or ``gru``.
+        vocab_size: > 0 for token input: ids (B, T) are looked up in ``embed``.
+        embed_dim: embedding width for token input.
+        input_size: > 0 for float features (B, T, input_size).
+        hidden_size: state size per direction.
+        num_layers: stacked recurrent layers.
+        bidirectional: also run every layer right to left and concatenate both directions.
+        dropout: on each layer's output except the last (inside torch's module), and on the features
+            before the head.
+        head: ``sequence`` (B, num_outputs) or ``tagging`` (B, T, num_outputs).
+        pooling: for the sequence head, ``last`` hidden state or ``mean`` over real positions.
+        num_outputs: size of the linear ``head``.
+    """
+
+    cell: str = "lstm"
+    vocab_size: int = 0
+    embed_dim: int = 64
+    input_size: int = 0
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    head: str = "sequence"
+    pooling: str = "last"
+    num_outputs: int = 2
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"cell {self.cell!r} is not one of {list(CELLS)}")
+        if self.vocab_size < 0 or self.input_size < 0 or (self.vocab_size > 0) == (self.input_size > 0):
+            raise ValueError(
+                f"vocab_size / input_size: set exactly one, vocab_size for token ids or input_size for "
+                f"float features (got vocab_size={self.vocab_size}, input_size={self.input_size})"
+            )
+        if self.embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        if self.hidden_size < 1:
+            raise ValueError(f"hidden_size must be >= 1, got {self.hidden_size}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.head not in HEADS:
+            raise ValueError(f"head {self.head!r} is not one of {list(HEADS)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r} is not one of {list(POOLINGS)}")
+        if self.num_outputs < 1:
+            raise ValueError(f"num_outputs must be >= 1, got {self.num_outputs}")
+
+
+def lengths_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Lengths (B,) of a right-padding mask (B, T); raises ValueError if a row is not a prefix of ones.
+
+    Packing assumes right padding; a left-padded or holed mask would silently read the wrong tokens.
+    """
+    mask = mask != 0
+    lengths = mask.sum(dim=1)  # (B,)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    if not torch.equal(mask, positions[None, :] < lengths[:, None]):
+        raise ValueError("mask must be right padding: ones for the real positions, then zeros")
+    return lengths
+
+
+class RNN(Model):
+    """``embed`` (token input) → stacked recurrent ``rnn`` → pooling → dropout → linear ``head``."""
+
+    def __init__(self, config: RNNConfig):
+        super().__init__(config)
+        c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim) if c.vocab_size else nn.Identity()
+        self.rnn = CELLS[c.cell](
+            input_size=c.embed_dim if c.vocab_size else c.input_size,
+            hidden_size=c.hidden_size,
+            num_layers=c.num_layers,
+            bidirectional=c.bidirectional,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,  # torch drops between layers only
+            batch_first=True,
+        )
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.hidden_size * (2 if c.bidirectional else 1), c.num_outputs)
+
+    def features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled features (B, D·H) for the sequence head, per-position features (B, T, D·H) for tagging.
+
+        Args:
+            x: token ids (B, T) or float features (B, T, input_size).
+            mask: (B, T), 1 at real positions, 0 at right padding; ``None`` means no padding.
+        """
+        x = self.embed(x)  # (B, T, E)
+        B, T, _ = x.shape
+        D = 2 if self.config.bidirectional else 1
+        if mask is None:
+            out, h = self.rnn(x)  # out (B, T, D*H); h (layers*D, B, H)
+            valid = None
+        else:
+            lengths = lengths_from_mask(mask)  # (B,)
+            # An all-padding row cannot be packed: run it on one position, then zero its features.
+            lengths = lengths.clamp(min=1).cpu()  # packing wants lengths on the CPU
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, h = self.rnn(packed)  # h comes back in the caller's batch order
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # zeros after each length
+            valid = (mask != 0).unsqueeze(-1).to(out.dtype)  # (B, T, 1)
+            out = out * valid
+        if self.config.head == "tagging":
+            return out  # (B, T, D*H)
+        if self.config.pooling == "mean":
+            if valid is None:
+                return out.mean(dim=1)  # (B, D*H)
+            return out.sum(dim=1) / valid.sum(dim=1).clamp(min=1)  # (B, D*H)
+        h = h[0] if isinstance(h, tuple) else h  # LSTM returns (h_n, c_n)
+        # h is layer-major, (layer, direction): the top layer's forward state is at the last real
+        # token, its backward state after reading back to position 0 — ordered like ``out``'s halves.
+        last = h[-D:].transpose(0, 1).reshape(B, -1)  # (B, D*H)
+        return last if valid is None else last * valid[:, 0]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, num_outputs) for the sequence head, (B, T, num_outputs) for tagging."""
+        return self.head(self.drop(self.features(x, mask)))
+
+
+def _example_input(config: RNNConfig, batch_size: int = 2, seq_len: int = 7) -> tuple[torch.Tensor, ...]:
+    if config.vocab_size:
+        return (torch.randint(0, config.vocab_size, (batch_size, seq_len)),)
+    return (torch.randn(batch_size, seq_len, config.input_size),)
+
+
+PRESETS = {
+    # One tiny preset per cell, odd sizes, between them every head, pooling and input kind.
+    "rnn-tiny": {
+        "cell": "rnn", "vocab_size": 13, "embed_dim": 5, "hidden_size": 7, "num_layers": 2,
+        "bidirectional": True, "pooling": "mean", "num_outputs": 3,
+    },
+    "lstm-tiny": {
+        "cell": "lstm", "vocab_size": 11, "embed_dim": 6, "hidden_size": 9, "num_layers": 2,
+        "bidirectional": True, "dropout": 0.1, "pooling": "last", "num_outputs": 3,
+    },
+    "gru-tiny": {
+        "cell": "gru", "input_size": 3, "hidden_size": 5, "num_layers": 1, "head": "tagging",
+        "num_outputs": 4,
+    },
+}  # fmt: skip
+
+
+FAMILY = Family(
+    name="rnn",
+    config_cls=RNNConfig,
+    model_cls=RNN,
+    presets=PRESETS,
+    tiny_presets=("rnn-tiny", "lstm-tiny", "gru-tiny"),
+    example_input=_example_input,
+)

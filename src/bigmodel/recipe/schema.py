@@ -1,0 +1,155 @@
+"""The recipe schema: one typed, validated description of a run.
+
+Unknown keys are refused (``extra="forbid"``) everywhere except ``model``, whose options belong to
+the chosen family and are checked against that family's config when the model is built.
+No torch import here: ``bigmodel --help`` and recipe checks stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adagrad", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine", "linear")
+SOURCE_SCHEMES = ("builtin", "csv", "jsonl", "parquet")
+BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Named(Strict):
+    """A section that may be written as just its name: ``optimizer: adamw`` = ``{name: adamw}``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class SplitConfig(Strict):
+    """Fractions held out from the data; the rest trains. Stratified by class for classification."""
+
+    validation: float = Field(0.15, ge=0.0, lt=1.0)
+    test: float = Field(0.15, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self):
+        if self.validation + self.test >= 1.0:
+            raise ValueError(
+                f"validation ({self.validation}) + test ({self.test}) must be < 1 to leave training data"
+            )
+        return self
+
+
+class DataConfig(Strict):
+    """Where the records come from and which columns mean what."""
+
+    source: str = Field(description="builtin:NAME, csv:PATH, jsonl:PATH or parquet:PATH")
+    features: list[str] | None = Field(None, description="feature columns; default: all but the label")
+    label: str | None = Field(None, description="target column (tabular sources)")
+    split: SplitConfig = SplitConfig()
+    normalize: Literal["standard", "global", "none"] = Field(
+        "standard", description="standard: per-feature mean/std; global: one mean/std; from train split"
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme, sep, rest = value.partition(":")
+        if not sep or scheme not in SOURCE_SCHEMES or not rest:
+            raise ValueError(f"must look like SCHEME:WHAT with SCHEME one of {', '.join(SOURCE_SCHEMES)}")
+        if scheme == "builtin" and rest not in BUILTIN_DATASETS:
+            raise ValueError(f"builtin data set {rest!r} unknown; allowed: {', '.join(BUILTIN_DATASETS)}")
+        return value
+
+
+class TaskConfig(Named):
+    """What a record means and how it is scored."""
+
+    name: Literal["classification", "regression"] = "classification"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="classification only")
+    loss: Literal["mse", "mae"] = Field("mse", description="regression only")
+
+
+class ModelConfig(BaseModel):
+    """``arch`` names the family; every other key is that family's config field."""
+
+    model_config = ConfigDict(extra="allow")
+    arch: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimizerConfig(Named):
+    name: Literal[OPTIMIZERS] = "adamw"  # type: ignore[valid-type]
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="momentum and nesterov")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw")
+    alpha: float = Field(0.99, gt=0.0, lt=1.0, description="rmsprop smoothing constant")
+    eps: float = Field(1e-8, gt=0.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value):
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("both betas must be in [0, 1)")
+        return value
+
+
+class ScheduleConfig(Named):
+    """Learning-rate schedule, evaluated per optimizer step after ``warmup_steps`` of linear warm-up."""
+
+    name: Literal[SCHEDULES] = "constant"  # type: ignore[valid-type]
+    warmup_steps: int = Field(0, ge=0)
+    step_size: int = Field(100, ge=1, description="step: multiply by gamma every step_size steps")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine/linear: floor as a fraction of lr")
+
+
+class EarlyStoppingConfig(Strict):
+    """Stop when a validation metric has not improved for ``patience`` evaluations."""
+
+    metric: str = "loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+    restore_best: bool = True
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int | Literal["all"] = Field(64, description="'all' = full-batch gradient descent")
+    grad_accum_steps: int = Field(1, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm")
+    early_stopping: EarlyStoppingConfig | None = None
+    eval_every: int | None = Field(None, ge=1, description="steps between validations; default: each epoch")
+    checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints (and every epoch end)")
+    log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1 or 'all'")
+        return value
+
+
+class Recipe(Strict):
+    """A whole run: data, task, model, training. Load with :func:`bigmodel.load_recipe`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = 0
+    data: DataConfig
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()

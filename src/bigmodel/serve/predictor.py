@@ -1,0 +1,85 @@
+"""``Predictor``: a trained run's model plus the preprocessing it was trained with.
+
+Accepts what a person has at hand: a data file, a list of records (dicts keyed by feature name),
+or an array shaped like the features. Returns one readable dict per input row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bigmodel.data import Normalizer, columns_from_records, load_source, table_from_columns
+from bigmodel.errors import DataError
+from bigmodel.models.base import predict_outputs
+
+FILE_SCHEMES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+class Predictor:
+    """Predict with a trained run. Build it with :func:`bigmodel.load`.
+
+    Args:
+        model: the trained module (eval mode is set here).
+        task: the fitted task (class names or target scaling).
+        normalizer: the feature normalisation fitted on the training split.
+        feature_names: the columns the model reads, in order.
+        input_shape: the per-row tensor shape the model expects.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task,
+        normalizer: Normalizer,
+        feature_names: list[str],
+        input_shape: tuple[int, ...],
+    ):
+        self.model = model.eval()
+        self.task = task
+        self.normalizer = normalizer
+        self.feature_names = feature_names
+        self.input_shape = tuple(input_shape)
+
+    def predict(self, inputs) -> list[dict]:
+        """Predict for a file path (.csv/.jsonl/.parquet), records, or an array of rows.
+
+        Returns:
+            One dict per row: ``{"label", "probabilities"}`` (classification) or
+            ``{"prediction"}`` (regression).
+        """
+        features = self.features(inputs).reshape(-1, *self.input_shape)
+        x = torch.from_numpy(self.normalizer(features))
+        return self.task.postprocess(predict_outputs(self.model, x))
+
+    def features(self, inputs) -> np.ndarray:
+        """Raw (un-normalised) feature rows, shape (N, num_features)."""
+        if isinstance(inputs, (str, Path)):
+            path = Path(inputs)
+            scheme = FILE_SCHEMES.get(path.suffix.lower())
+            if scheme is None:
+                raise DataError(
+                    f"{path}: unknown file type '{path.suffix}'. Allowed: {', '.join(FILE_SCHEMES)}."
+                )
+            table = load_source(f"{scheme}:{path}", self.feature_names, label=None)
+            return table.features
+        if isinstance(inputs, Mapping):
+            inputs = [inputs]
+        if isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], Mapping):
+            columns = columns_from_records(list(inputs), "inputs")
+            return table_from_columns(columns, self.feature_names, None, "inputs").features
+        array = np.asarray(inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs, dtype=np.float32)
+        width = len(self.feature_names)
+        if array.ndim == 1 and array.size == width:  # a single row
+            return array.reshape(1, width)
+        if array.ndim >= 2 and math.prod(array.shape[1:]) == width:  # (N, 64), (N, 8, 8), (N, 1, 8, 8)
+            return array.reshape(len(array), width)
+        raise DataError(
+            f"inputs: shape {tuple(array.shape)} does not fit this model; expected (N, {width}) or "
+            f"(N, {', '.join(map(str, self.input_shape))}) — {math.prod(self.input_shape)} features per row."
+        )
