@@ -128,8 +128,8 @@ def _print_summary(run, title: str) -> None:
     t = run.metrics["train"]
     table.add_row("parameters", f"{t['params']:,}")
     table.add_row("training time", f"{t['time_s']:.1f} s ({t['steps']} steps, {t['epochs']} epochs)")
-    table.add_row("run", str(run.path))
     console.print(table)
+    print(f"run directory: {run.path}")  # plain print: never truncated, easy to copy
 
 
 def main() -> None:
