@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine  # noqa: E402
-
 import bigmodel  # noqa: E402
+from machine import machine  # noqa: E402
 
 
 def main() -> None:
@@ -29,22 +28,29 @@ def main() -> None:
         for seed in args.seeds:
             start = time.perf_counter()
             run = bigmodel.train("digits-cnn", output=out, progress=False, seed=seed)
-            runs.append({
-                "seed": seed,
-                "test_accuracy": round(run.metrics["test"]["accuracy"], 4),
-                "test_f1_macro": round(run.metrics["test"]["f1_macro"], 4),
-                "train_s": run.metrics["train"]["time_s"],
-                "wall_s": round(time.perf_counter() - start, 2),
-                "steps": run.metrics["train"]["steps"],
-                "params": run.metrics["train"]["params"],
-            })
-    print(json.dumps({
-        "benchmark": "demo digits-cnn",
-        "machine": machine(),
-        "runs": runs,
-        "median_test_accuracy": statistics.median(r["test_accuracy"] for r in runs),
-        "max_train_s": max(r["train_s"] for r in runs),
-    }, indent=2))
+            runs.append(
+                {
+                    "seed": seed,
+                    "test_accuracy": round(run.metrics["test"]["accuracy"], 4),
+                    "test_f1_macro": round(run.metrics["test"]["f1_macro"], 4),
+                    "train_s": run.metrics["train"]["time_s"],
+                    "wall_s": round(time.perf_counter() - start, 2),
+                    "steps": run.metrics["train"]["steps"],
+                    "params": run.metrics["train"]["params"],
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "benchmark": "demo digits-cnn",
+                "machine": machine(),
+                "runs": runs,
+                "median_test_accuracy": statistics.median(r["test_accuracy"] for r in runs),
+                "max_train_s": max(r["train_s"] for r in runs),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

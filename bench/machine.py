@@ -14,9 +14,10 @@ def machine() -> dict:
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
-        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-        flags = " ".join(sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-                                if f" {f}" in info))
+        model = next(
+            (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), ""
+        )
+        flags = " ".join(sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in info))
     except OSError:
         model = platform.processor()
     return {

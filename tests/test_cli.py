@@ -7,17 +7,22 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import write_wine_csv
 
 
 def bigmodel(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bigmodel", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "bigmodel", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_help_is_fast_and_does_not_import_torch():
@@ -43,8 +48,15 @@ def test_recipes_lists_shipped_recipes():
 def trained_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     csv_path = write_wine_csv(folder / "wine.csv")
-    result = bigmodel("train", "tabular-csv", f"data.source=csv:{csv_path}", "train.epochs=3",
-                      "model.hidden_sizes=[16]", "--output", str(folder / "runs"))
+    result = bigmodel(
+        "train",
+        "tabular-csv",
+        f"data.source=csv:{csv_path}",
+        "train.epochs=3",
+        "model.hidden_sizes=[16]",
+        "--output",
+        str(folder / "runs"),
+    )
     assert result.returncode == 0, result.stderr
     (run_dir,) = (folder / "runs" / "tabular-csv").iterdir()
     assert str(run_dir) in result.stdout.replace("\n", "")  # the summary names the run
@@ -96,7 +108,9 @@ def test_malformed_csv_and_missing_label(tmp_path):
     result = bigmodel("train", "tabular-csv", f"data.source=csv:{bad}")
     assert result.returncode == 2 and "row 2, column 'b'" in result.stderr and "'oops'" in result.stderr
     result = bigmodel("train", "tabular-csv", f"data.source=csv:{bad}", "data.label=target")
-    assert result.returncode == 2 and "data.label" in result.stderr and "Columns: a, b, label" in result.stderr
+    assert (
+        result.returncode == 2 and "data.label" in result.stderr and "Columns: a, b, label" in result.stderr
+    )
 
 
 def test_errors_leave_an_existing_run_untouched(trained_run):

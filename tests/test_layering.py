@@ -9,8 +9,20 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bigmodel"
 # Pipeline order. A package may import bigmodel packages at its own position or earlier.
-STAGES = ["errors", "recipe", "data", "nn", "models", "hub", "tasks", "train", "evaluate", "compress",
-          "export", "serve"]
+STAGES = [
+    "errors",
+    "recipe",
+    "data",
+    "nn",
+    "models",
+    "hub",
+    "tasks",
+    "train",
+    "evaluate",
+    "compress",
+    "export",
+    "serve",
+]
 # evaluate/metrics.py is a NumPy-only leaf: tasks own their metrics and compute them with it.
 LEAVES = {"bigmodel.evaluate.metrics"}
 # Top-level modules that wire everything together.
@@ -48,7 +60,7 @@ def test_imports_flow_downstream(path):
         if target not in STAGES:  # e.g. "from bigmodel.data import X" resolved X; only stage names matter
             continue
         assert STAGES.index(target) <= STAGES.index(package), (
-            f"{path.relative_to(SRC)}:{line} imports {name}: {package}/ may not import the later stage {target}/"
+            f"{path.relative_to(SRC)}:{line} imports {name}: {package}/ may not import later stage {target}/"
         )
 
 
@@ -62,7 +74,14 @@ def test_nn_imports_only_torch_and_itself():
     for path in (SRC / "nn").glob("*.py"):
         for name, line in _imports(path):
             root = name.split(".")[0]
-            assert root in {"torch", "bigmodel", "__future__", "math", "dataclasses", "typing",
-                            "collections"}, f"nn/{path.name}:{line} imports {name}"
+            assert root in {
+                "torch",
+                "bigmodel",
+                "__future__",
+                "math",
+                "dataclasses",
+                "typing",
+                "collections",
+            }, f"nn/{path.name}:{line} imports {name}"
             if root == "bigmodel":
                 assert name.startswith("bigmodel.nn"), f"nn/{path.name}:{line} imports {name}"

@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from helpers import write_diabetes_jsonl, write_wine_csv
 from sklearn.datasets import load_digits
 
 import bigmodel
 from bigmodel.errors import DataError, RecipeError, RunDirError
 from bigmodel.train.loop import TrainingDiverged
+from helpers import write_diabetes_jsonl, write_wine_csv
 
 
 def test_digits_mlp_learns_real_digits(tmp_path):
@@ -22,7 +22,14 @@ def test_digits_mlp_learns_real_digits(tmp_path):
     assert np.asarray(report["test"]["confusion_matrix"]).sum() == sizes["test"]
     assert abs(sizes["test"] - 0.15 * 1797) <= 10 and sum(sizes.values()) == 1797  # stratified rounding
     assert {row["class"] for row in report["test"]["per_class"]} == {str(d) for d in range(10)}
-    for name in ("recipe.yaml", "model.json", "data.json", "model.safetensors", "metrics.jsonl", "summary.json"):
+    for name in (
+        "recipe.yaml",
+        "model.json",
+        "data.json",
+        "model.safetensors",
+        "metrics.jsonl",
+        "summary.json",
+    ):
         assert (run.path / name).is_file(), name
 
 
@@ -54,8 +61,9 @@ def test_predictor_agrees_with_evaluation(tmp_path):
 
 def test_csv_classification_with_text_labels(tmp_path):
     csv_path = write_wine_csv(tmp_path / "wine.csv")
-    run = bigmodel.train("tabular-csv", output=tmp_path / "runs", progress=False,
-                         **{"data.source": f"csv:{csv_path}"})
+    run = bigmodel.train(
+        "tabular-csv", output=tmp_path / "runs", progress=False, **{"data.source": f"csv:{csv_path}"}
+    )
     assert run.metrics["test"]["accuracy"] >= 0.9
     rows = bigmodel.load(run.path).predict(csv_path)  # the label column is ignored when predicting
     assert len(rows) == 178 and rows[0]["label"] in {"class_0", "class_1", "class_2"}
@@ -65,11 +73,19 @@ def test_jsonl_regression_in_original_units(tmp_path):
     path = write_diabetes_jsonl(tmp_path / "diabetes.jsonl")
     recipe = {
         "name": "diabetes",
-        "data": {"source": f"jsonl:{path}", "label": "progression", "split": {"validation": 0.2, "test": 0.2}},
+        "data": {
+            "source": f"jsonl:{path}",
+            "label": "progression",
+            "split": {"validation": 0.2, "test": 0.2},
+        },
         "task": {"name": "regression", "loss": "mse"},
         "model": {"arch": "mlp", "hidden_sizes": [32], "dropout": 0.1},
-        "train": {"epochs": 60, "batch_size": 32, "optimizer": {"name": "adam", "lr": 3e-3},
-                  "early_stopping": {"metric": "loss", "patience": 10}},
+        "train": {
+            "epochs": 60,
+            "batch_size": 32,
+            "optimizer": {"name": "adam", "lr": 3e-3},
+            "early_stopping": {"metric": "loss", "patience": 10},
+        },
     }
     run = bigmodel.train(recipe, output=tmp_path / "runs", progress=False)
     assert run.metrics["test"]["r2"] > 0.3  # linear regression reaches ~0.45 on this table
@@ -79,22 +95,38 @@ def test_jsonl_regression_in_original_units(tmp_path):
 
 
 def test_full_batch_gradient_descent_takes_one_step_per_epoch(tmp_path):
-    run = bigmodel.train("digits-mlp", output=tmp_path, progress=False,
-                         train={"epochs": 7, "batch_size": "all", "optimizer": {"name": "sgd", "lr": 0.5},
-                                "early_stopping": None})
+    run = bigmodel.train(
+        "digits-mlp",
+        output=tmp_path,
+        progress=False,
+        train={
+            "epochs": 7,
+            "batch_size": "all",
+            "optimizer": {"name": "sgd", "lr": 0.5},
+            "early_stopping": None,
+        },
+    )
     assert run.metrics["train"]["steps"] == 7 and run.metrics["train"]["epochs"] == 7
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     # 1,257 training rows / 100 = 13 batches per epoch; groups of 4 -> 4 optimizer steps per epoch.
-    run = bigmodel.train("digits-mlp", output=tmp_path, progress=False,
-                         train={"epochs": 2, "batch_size": 100, "grad_accum_steps": 4, "early_stopping": None})
+    run = bigmodel.train(
+        "digits-mlp",
+        output=tmp_path,
+        progress=False,
+        train={"epochs": 2, "batch_size": 100, "grad_accum_steps": 4, "early_stopping": None},
+    )
     assert run.metrics["train"]["steps"] == 8
 
 
 def test_early_stopping_restores_best_weights(tmp_path):
-    run = bigmodel.train("digits-mlp", output=tmp_path, progress=False,
-                         train={"epochs": 40, "early_stopping": {"metric": "accuracy", "patience": 2}})
+    run = bigmodel.train(
+        "digits-mlp",
+        output=tmp_path,
+        progress=False,
+        train={"epochs": 40, "early_stopping": {"metric": "accuracy", "patience": 2}},
+    )
     best = run.metrics["train"]["best"]
     assert run.metrics["train"]["stopped_early"] and run.metrics["train"]["epochs"] < 40
     assert run.metrics["validation"]["accuracy"] == pytest.approx(best["value"])
@@ -102,9 +134,12 @@ def test_early_stopping_restores_best_weights(tmp_path):
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"at step \d+") as info:
-        bigmodel.train("digits-mlp", output=tmp_path, progress=False,
-                       train={"optimizer": {"name": "sgd", "lr": 1e12}, "checkpoint_every": 1,
-                              "early_stopping": None})
+        bigmodel.train(
+            "digits-mlp",
+            output=tmp_path,
+            progress=False,
+            train={"optimizer": {"name": "sgd", "lr": 1e12}, "checkpoint_every": 1, "early_stopping": None},
+        )
     run_dir = next((tmp_path / "digits-mlp").iterdir())
     latest = json.loads((run_dir / "train_state" / "latest.json").read_text())
     failed_step = int(str(info.value).split("at step ")[1].split()[0])
@@ -114,7 +149,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_unknown_early_stopping_metric_is_a_clear_error(tmp_path):
     with pytest.raises(bigmodel.UserError, match="train.early_stopping.metric.*Allowed: loss, accuracy"):
-        bigmodel.train("digits-mlp", output=tmp_path, progress=False, train={"early_stopping": {"metric": "r2"}})
+        bigmodel.train(
+            "digits-mlp", output=tmp_path, progress=False, train={"early_stopping": {"metric": "r2"}}
+        )
 
 
 def test_model_option_errors_name_the_field(tmp_path):
@@ -127,14 +164,22 @@ def test_model_option_errors_name_the_field(tmp_path):
 def test_label_column_must_exist(tmp_path):
     csv_path = write_wine_csv(tmp_path / "wine.csv")
     with pytest.raises(DataError, match=r"data.label: column 'lable'.*Did you mean 'label'"):
-        bigmodel.train("tabular-csv", output=tmp_path, progress=False,
-                       **{"data.source": f"csv:{csv_path}", "data.label": "lable"})
+        bigmodel.train(
+            "tabular-csv",
+            output=tmp_path,
+            progress=False,
+            **{"data.source": f"csv:{csv_path}", "data.label": "lable"},
+        )
 
 
 def test_evaluate_refuses_changed_data_and_non_runs(tmp_path):
     csv_path = write_wine_csv(tmp_path / "wine.csv")
-    run = bigmodel.train("tabular-csv", output=tmp_path / "runs", progress=False,
-                         **{"data.source": f"csv:{csv_path}", "train.epochs": 1})
+    run = bigmodel.train(
+        "tabular-csv",
+        output=tmp_path / "runs",
+        progress=False,
+        **{"data.source": f"csv:{csv_path}", "train.epochs": 1},
+    )
     with open(csv_path, "a") as f:
         f.write(",".join(["1"] * 13) + ",class_0\n")
     with pytest.raises(DataError, match="changed since this run was trained"):

@@ -2,10 +2,10 @@
 
 import pytest
 import yaml
-from helpers import write_wine_csv
 
 import bigmodel
 from bigmodel.recipe import shipped_recipes
+from helpers import write_wine_csv
 
 RECIPES = shipped_recipes()
 

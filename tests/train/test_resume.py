@@ -14,9 +14,16 @@ from safetensors.torch import load_file
 # MLP with batch norm (running stats) and dropout (global RNG), AdamW (moments), cosine schedule:
 # every piece of state that resume must restore. 1,257 training rows / 32 = 40 batches per epoch.
 OVERRIDES = [
-    "model.norm=batch", "model.dropout=0.2", "train.epochs=25", "train.batch_size=32",
-    "train.optimizer.name=adamw", "train.schedule.name=cosine", "train.schedule.warmup_steps=15",
-    "train.checkpoint_every=7", "train.log_every=1", "train.early_stopping.patience=1000",
+    "model.norm=batch",
+    "model.dropout=0.2",
+    "train.epochs=25",
+    "train.batch_size=32",
+    "train.optimizer.name=adamw",
+    "train.schedule.name=cosine",
+    "train.schedule.warmup_steps=15",
+    "train.checkpoint_every=7",
+    "train.log_every=1",
+    "train.early_stopping.patience=1000",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -62,7 +69,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
     resumed = subprocess.run(
         [sys.executable, "-m", "bigmodel", "train", "--resume", str(run_dir)],
-        env=ENV, capture_output=True, text=True, timeout=300,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
 
@@ -77,7 +87,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 def test_resume_refuses_overrides_and_non_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bigmodel", "train", "--resume", str(tmp_path), "train.epochs=3"],
-        env=ENV, capture_output=True, text=True, timeout=120,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "recipe.yaml" in result.stderr or "overrides" in result.stderr
