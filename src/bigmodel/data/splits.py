@@ -11,7 +11,8 @@ def split_indices(
     """Return sorted index arrays ``{"train", "validation", "test"}`` that partition ``range(n)``.
 
     With ``strata`` (class labels), each class is split in the same proportions, so a rare class
-    appears in every split it can (largest-remainder rounding keeps the totals exact).
+    appears in every split it can. Counts are rounded per class, so split sizes may differ from
+    the exact fractions by up to one row per class.
     """
     rng = np.random.default_rng(seed)
     groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == c) for c in np.unique(strata)]

@@ -39,7 +39,8 @@ def classification_metrics(pred: np.ndarray, target: np.ndarray, class_names: li
 
 
 def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
-    """MSE, RMSE, MAE and R² (coefficient of determination; 0 when the target is constant)."""
+    """MSE, RMSE, MAE and R² (coefficient of determination). For a constant target R² is 1 when
+    every prediction is exact and 0 otherwise, as scikit-learn's ``r2_score``."""
     err = pred.astype(np.float64) - target.astype(np.float64)
     mse = float(np.mean(err**2))
     total = float(np.sum((target - target.mean()) ** 2))
@@ -47,7 +48,7 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
         "mse": mse,
         "rmse": float(np.sqrt(mse)),
         "mae": float(np.mean(np.abs(err))),
-        "r2": float(1.0 - np.sum(err**2) / total) if total > 0 else 0.0,
+        "r2": float(1.0 - np.sum(err**2) / total) if total > 0 else float(not np.any(err)),
     }
 
 

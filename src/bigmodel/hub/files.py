@@ -54,15 +54,20 @@ def write_text(path: Path, text: str) -> None:
 
 
 def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """safetensors refuses shared storage (tied embeddings): keep one name, remember aliases."""
-    unique, aliases, seen = {}, {}, {}
+    """safetensors refuses shared storage (tied embeddings): keep one name, remember aliases.
+    A tensor that only overlaps another's storage (a slice of it) is stored as its own copy."""
+    unique, aliases, seen, storages = {}, {}, {}, set()
     for key, t in tensors.items():
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        ptr = t.untyped_storage().data_ptr()
+        ident = (ptr, t.storage_offset(), tuple(t.shape), t.dtype)
         if t.numel() and ident in seen:
             aliases[key] = seen[ident]
         else:
             seen[ident] = key
             unique[key] = t.detach().contiguous()
+            if t.numel() and ptr in storages:
+                unique[key] = unique[key].clone()
+            storages.add(ptr)
     return unique, aliases
 
 

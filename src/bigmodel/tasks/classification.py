@@ -38,7 +38,7 @@ class ClassificationTask:
 
     def fit(self, raw_targets: np.ndarray) -> None:
         """Learn the class list; numeric labels sort numerically (so digit 10 follows 9)."""
-        names = {str(v) for v in raw_targets}
+        names = {_class_name(v) for v in raw_targets}
         try:
             self.class_names = sorted(names, key=float)
         except ValueError:
@@ -78,6 +78,13 @@ class ClassificationTask:
 
     def state(self) -> dict:
         return {"name": self.name, "label_smoothing": self.label_smoothing, "class_names": self.class_names}
+
+
+def _class_name(value) -> str:
+    """A label's class name: a whole float (3.0 from JSONL or parquet) names the same class as 3."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _label_key(value, index: dict[str, int]) -> str | None:
