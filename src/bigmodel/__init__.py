@@ -22,6 +22,9 @@ _LAZY = {
     "Run": "bigmodel.pipeline",
     "Predictor": "bigmodel.serve",
     "create_model": "bigmodel.models.registry",
+    "from_pretrained": "bigmodel.hub.pretrained",
+    "save_pretrained": "bigmodel.hub.pretrained",
+    "load_tokenizer": "bigmodel.hub.tokenizers",
     "UserError": "bigmodel.errors",
 }
 __all__ = sorted([*_LAZY, "train", "evaluate"])

@@ -21,6 +21,10 @@ FAMILY_MODULES: dict[str, str] = {
     "cnn": "cnn",
     "resnet": "resnet",
     "rnn": "rnn",
+    "bert": "bert",
+    "gpt": "gpt",
+    "t5": "t5",
+    "transformer": "transformer",
 }
 
 
@@ -29,12 +33,17 @@ class CheckpointFormat:
     """How a published checkpoint layout (Hugging Face, torchvision) maps onto a native state dict.
 
     Attributes:
-        key_map: config -> {native key: published key} covering every native tensor. hub/convert.py
-            asserts every key is consumed and every shape matches, in both directions.
+        key_map: config -> {native key: published key} covering every native tensor not in ``fused``.
+            hub/convert.py asserts every key is consumed and every shape matches, in both directions.
         transposed: config -> native keys whose published tensor is stored transposed
             (GPT-2's Conv1D keeps Linear weights as (in, out)).
         optional: config -> published keys that may be absent or ignored on load (tied copies, buffers
             such as ``attn.bias`` masks) and are not written on save.
+        fused: config -> {published key: ([native keys], dim)} for a published tensor that is the
+            concatenation of several native tensors along ``dim`` of the native layout (GPT-2's
+            ``c_attn`` = q, k, v). Those native keys are left out of ``key_map``; split on load
+            (sizes from the native shapes), concatenated on save. If the parts are ``transposed``, the
+            transpose applies to the concatenated tensor.
         config_from: published config dict -> native config kwargs; raises ValueError naming any
             option the native family does not implement (never load into a model that computes
             something else).
@@ -45,6 +54,7 @@ class CheckpointFormat:
     key_map: Callable[[Any], dict[str, str]]
     transposed: Callable[[Any], set[str]] = lambda config: set()
     optional: Callable[[Any], set[str]] = lambda config: set()
+    fused: Callable[[Any], dict[str, tuple[list[str], int]]] = lambda config: {}
     config_from: Callable[[dict], dict] | None = None
     config_to: Callable[[Any], dict] | None = None
     model_types: tuple[str, ...] = ()
