@@ -1,0 +1,216 @@
+"""Native models vs Hugging Face transformers at identical configs and weights, side by side.
+
+- GPT training: tokens/s of native ``gpt`` vs ``GPT2LMHeadModel`` (same config, same weights, AdamW,
+  next-token loss), and MFU against a matmul peak measured here.
+- BERT inference: latency of native ``bert`` vs ``BertModel`` at batch 16 and batch 1.
+
+A and B alternate rep by rep in one process; the figure that counts is the median of the per-pair
+ratios (these machines are shared; see ../shared/PERFORMANCE.md).
+
+Run: .venv/bin/python bench/models.py [--reps 10] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+from bigmodel.hub.convert import from_published  # noqa: E402
+from bigmodel.models.registry import build_config, get_family  # noqa: E402
+from machine import machine  # noqa: E402
+
+
+def keep_freed_memory() -> None:
+    """glibc returns big buffers to the OS every step (page faults dominate at large vocab): keep them.
+    Process-wide, so it helps both sides equally."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-4, 0)  # M_MMAP_MAX
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(fns: dict, reps: int) -> dict[str, list[float]]:
+    for fn in fns.values():  # warm-up
+        fn()
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn))
+    return times
+
+
+def summary(times: dict[str, list[float]], reference: str, work: float, unit: str) -> dict:
+    out = {}
+    for name, ts in times.items():
+        out[name] = {
+            "median_s": round(statistics.median(ts), 4),
+            "min_s": round(min(ts), 4),
+            f"{unit}_per_s": round(work / statistics.median(ts), 1),
+        }
+        if name != reference:
+            ratios = [r / t for r, t in zip(times[reference], ts, strict=True)]
+            out[name][f"speedup_vs_{reference}_median_of_pairs"] = round(statistics.median(ratios), 3)
+    return out
+
+
+def native_from_hf(family_name: str, hf_model) -> torch.nn.Module:
+    family = get_family(family_name)
+    fmt = family.formats["hf"]
+    config = build_config(family, fmt.config_from(hf_model.config.to_dict()))
+    model = family.model_cls(config)
+    model.load_state_dict(from_published(fmt, config, hf_model.state_dict(), model.state_dict()))
+    return model
+
+
+def bench_gpt_training(layers, width, heads, seq, batch, vocab, dropout, reps, peak) -> dict:
+    torch.manual_seed(0)
+    hf_config = GPT2Config(
+        n_layer=layers,
+        n_embd=width,
+        n_head=heads,
+        n_positions=seq,
+        vocab_size=vocab,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    hf = GPT2LMHeadModel(hf_config).train()
+    native = native_from_hf("gpt", hf).train()
+    x = torch.randint(0, vocab, (batch, seq))
+    shifted = F.pad(x[:, 1:], (0, 1), value=-100).reshape(-1)  # shift labels, never the logits
+    optimizers = {
+        "hf": torch.optim.AdamW(hf.parameters(), lr=1e-4),
+        "native": torch.optim.AdamW(native.parameters(), lr=1e-4),
+    }
+
+    def hf_step():
+        hf(x, labels=x).loss.backward()
+        optimizers["hf"].step()
+        optimizers["hf"].zero_grad(set_to_none=True)
+
+    def native_step():
+        F.cross_entropy(native(x).view(-1, vocab), shifted).backward()
+        optimizers["native"].step()
+        optimizers["native"].zero_grad(set_to_none=True)
+
+    times = paired({"hf": hf_step, "native": native_step}, reps)
+    tokens = batch * seq
+    result = summary(times, "hf", tokens, "tokens")
+    flops = native.flops_per_token(seq)
+    for name in result:
+        result[name]["mfu_fp32"] = round(result[name]["tokens_per_s"] * flops / peak, 3)
+    return {
+        "config": dict(
+            layers=layers,
+            width=width,
+            heads=heads,
+            seq=seq,
+            batch=batch,
+            vocab=vocab,
+            dropout=dropout,
+            optimizer="AdamW",
+            dtype="fp32",
+        ),
+        "params": native.num_params(),
+        "flops_per_token": flops,
+        **result,
+    }
+
+
+def bench_bert_inference(layers, width, heads, seq, batch, reps) -> dict:
+    torch.manual_seed(0)
+    hf = BertModel(
+        BertConfig(
+            num_hidden_layers=layers,
+            hidden_size=width,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
+            vocab_size=30522,
+        )
+    ).eval()
+    native = native_from_hf("bert", hf).eval()
+    x = torch.randint(0, 30522, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[batch // 2 :, seq * 3 // 4 :] = 0  # some padding, as real batches have
+    with torch.no_grad():
+        drift = (hf(x, attention_mask=mask).last_hidden_state - native(x, attention_mask=mask)).abs()
+        drift = float(drift[mask.bool()].max())
+
+    @torch.no_grad()
+    def hf_forward():
+        hf(x, attention_mask=mask)
+
+    @torch.no_grad()
+    def native_forward():  # HF's forward runs the pooler too
+        native.pool(native(x, attention_mask=mask))
+
+    times = paired({"hf": hf_forward, "native": native_forward}, reps)
+    return {
+        "config": dict(layers=layers, width=width, heads=heads, seq=seq, batch=batch, dtype="fp32"),
+        "max_abs_drift": drift,
+        **summary(times, "hf", batch, "samples"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(2)
+    peak = matmul_peak()
+    if args.quick:
+        gpt = [dict(layers=2, width=64, heads=2, seq=32, batch=2, vocab=65, dropout=0.0)]
+        bert = [dict(layers=2, width=64, heads=2, seq=16, batch=2)]
+    else:
+        gpt = [
+            dict(layers=6, width=384, heads=6, seq=256, batch=8, vocab=65, dropout=0.0),
+            dict(layers=6, width=384, heads=6, seq=256, batch=8, vocab=65, dropout=0.1),
+            dict(layers=4, width=256, heads=4, seq=128, batch=8, vocab=50257, dropout=0.0),
+        ]
+        bert = [
+            dict(layers=4, width=256, heads=4, seq=128, batch=16),
+            dict(layers=4, width=256, heads=4, seq=128, batch=1),
+        ]
+    print(
+        json.dumps(
+            {
+                "benchmark": "native models vs transformers",
+                "machine": machine(),
+                "matmul_peak_gflops_fp32": round(peak / 1e9, 1),
+                "gpt_training": [bench_gpt_training(**c, reps=args.reps, peak=peak) for c in gpt],
+                "bert_inference": [bench_bert_inference(**c, reps=args.reps * 3) for c in bert],
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
