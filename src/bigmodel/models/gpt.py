@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bigmodel.models.base import Model
 from bigmodel.models.registry import CheckpointFormat, Family
-from bigmodel.nn.activations import ACTIVATIONS, NewGELU
+from bigmodel.nn.activations import ACTIVATIONS
 from bigmodel.nn.attention import KVCache, MultiHeadAttention
 from bigmodel.nn.mlp import FeedForward
 from bigmodel.nn.norms import LayerNorm
@@ -103,44 +103,6 @@ class GPTConfig:
         return self.hidden_dim if self.hidden_dim is not None else 4 * self.embed_dim
 
 
-class _NewGELUFunction(torch.autograd.Function):
-    """``gelu_new`` with Hugging Face's forward, op for op, and PyTorch's fused tanh-GELU backward.
-
-    Autograd through the spelled-out formula keeps five intermediates and runs about fifteen
-    elementwise kernels backward; ``gelu_backward(approximate="tanh")`` is one kernel that reads only
-    ``x`` and is the exact derivative of the same function. The forward runs in place on one buffer
-    and is bitwise equal to ``NewGELU`` (multiplying by 0.5 last instead of first is exact in binary).
-    Measured on a (2048, 1536) activation, 2 threads: forward + backward ~130 ms -> ~10-30 ms.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        y = x.pow(3.0)
-        return y.mul_(0.044715).add_(x).mul_(math.sqrt(2.0 / math.pi)).tanh_().add_(1.0).mul_(x).mul_(0.5)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return torch.ops.aten.gelu_backward(grad, x.to(grad.dtype), approximate="tanh").to(x.dtype)
-
-
-class _TrainingNewGELU(NewGELU):
-    """``NewGELU`` whose training backward is fused (see ``_NewGELUFunction``); the same numbers.
-
-    Inference, tracing and compilation take the plain formula, so exporters see ordinary ops.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled() and not _tracing():
-            return _NewGELUFunction.apply(x)
-        return super().forward(x)
-
-
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
 class GPTBlock(nn.Module):
     """Pre-norm Transformer block: ``x + drop(attn(norm1(x)))``, then ``x + drop(mlp(norm2(x)))``."""
 
@@ -152,9 +114,6 @@ class GPTBlock(nn.Module):
         self.norm2 = LayerNorm(c.embed_dim, eps=c.layer_norm_epsilon)
         # GPT-2 has no dropout between the activation and fc2, only on the residual branch.
         self.mlp = FeedForward(c.embed_dim, c.ffn_dim, act=c.activation)
-        if c.activation == "gelu_new":
-            # Autograd through gelu_new's formula took 15-25 % of a CPU training step (6 x 384).
-            self.mlp.act = _TrainingNewGELU()
         self.drop = nn.Dropout(c.resid_dropout)
 
     def forward(
