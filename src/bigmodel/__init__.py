@@ -25,6 +25,8 @@ _LAZY = {
     "from_pretrained": "bigmodel.hub.pretrained",
     "save_pretrained": "bigmodel.hub.pretrained",
     "load_tokenizer": "bigmodel.hub.tokenizers",
+    "generate": "bigmodel.models.generate",
+    "beam_search": "bigmodel.models.generate",
     "UserError": "bigmodel.errors",
 }
 __all__ = sorted([*_LAZY, "train", "evaluate"])
