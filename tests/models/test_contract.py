@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+import bigmodel.models.base as base_module
 from bigmodel.hub.files import load_weights, save_weights
 from bigmodel.models.registry import all_families, build_config, create_model
 
@@ -13,6 +14,11 @@ TINY = [(family, preset) for family in all_families() for preset in family.tiny_
 
 def _first_tensor(out):
     return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _dropout_on(family, rate: float = 0.1) -> dict[str, float]:
+    """Every dropout rate of the family's config (``dropout``, ``attn_dropout``, ...) set to ``rate``."""
+    return {f.name: rate for f in dataclasses.fields(family.config_cls) if f.name.endswith("dropout")}
 
 
 def test_every_family_has_a_tiny_preset_and_example_input():
@@ -38,6 +44,11 @@ def test_tiny_preset_contract(family, preset, tmp_path):
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"no gradient for {missing[:5]}"
 
+    # FLOPs are counted without touching the model: mode and every tensor of the state stay as they were
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.flops(*inputs) > 0
+    assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
     # eval mode is deterministic
     model.eval()
     with torch.no_grad():
@@ -52,3 +63,31 @@ def test_tiny_preset_contract(family, preset, tmp_path):
     load_weights(clone, tmp_path / "w.safetensors")
     with torch.no_grad():
         assert torch.equal(_first_tensor(clone(*inputs)), first)
+
+
+@pytest.mark.parametrize(("family", "preset"), TINY, ids=[p for _, p in TINY])
+def test_gradient_checkpointing_changes_nothing_but_memory(family, preset, monkeypatch):
+    """Same seed, train mode, dropout on: the same gradients and the same buffers with and without.
+
+    Checkpointing replays each block in the backward pass; the replay must draw the same dropout
+    masks (non-reentrant checkpoint restores the RNG) and must not update BatchNorm statistics twice.
+    """
+    calls = []
+    real = base_module.checkpoint
+    monkeypatch.setattr(base_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    inputs = family.example_input(create_model(preset).config, 3)
+    runs = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = create_model(preset, gradient_checkpointing=flag, **_dropout_on(family)).train()
+        torch.manual_seed(1)  # the same dropout masks in both runs
+        _first_tensor(model(*inputs)).float().square().mean().backward()
+        runs.append((model, len(calls)))
+    (plain, plain_calls), (checkpointed, total_calls) = runs
+    assert plain_calls == 0 and total_calls > 0, "gradient_checkpointing=True checkpointed nothing"
+    grads = {n: p.grad for n, p in checkpointed.named_parameters()}
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-6, atol=1e-7, msg=name)
+    buffers = dict(checkpointed.named_buffers())
+    for name, b in plain.named_buffers():
+        assert torch.equal(buffers[name], b), name

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+# --- FLOP formulas FlopCounterMode lacks (torch 2.13) ------------------------------------------------
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # The CPU kernel, counted as FlopCounterMode counts the CUDA ones: QKᵀ and AV over the full T×S
+    # score matrix (a causal mask is not discounted on any device).
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _rnn_flops(input_shape, weights, *args, out_shape=None, **kwargs) -> int:
+    # A fused RNN kernel multiplies every token (each time step of each row; packed or not, the input
+    # is (..., features)) once by each of its weight matrices, input-to-hidden and hidden-to-hidden.
+    tokens = math.prod(input_shape[:-1])
+    return sum(2 * tokens * shape[0] * shape[1] for shape in weights if len(shape) == 2)
+
+
+def _mkldnn_rnn_layer_flops(input_shape, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    return _rnn_flops(input_shape, [w_ih, w_hh])  # one layer, one direction per call
+
+
+_FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops,  # LSTM on CPU (GRU, RNN run as mm ops)
+    torch.ops.aten._cudnn_rnn: _rnn_flops,  # every recurrent cell on CUDA: all layers and directions
+}
 
 
 class Model(nn.Module):
-    """Base of native models: holds its config dataclass and counts its parameters."""
+    """Base of native models: holds its config dataclass, counts its parameters and FLOPs."""
 
     def __init__(self, config):
         super().__init__()
@@ -22,6 +55,68 @@ class Model(nn.Module):
             seen.add(id(p))
             total += p.numel()
         return total
+
+    def flops(self, *inputs: Any, **kwargs: Any) -> int:
+        """Forward FLOPs for this batch, ``self(*inputs, **kwargs)``; a training step costs ≈ 3×.
+
+        Counted op by op with ``torch.utils.flop_counter.FlopCounterMode``, so every family gets an
+        exact count of what it runs without a formula of its own: matrix multiplies (recurrent
+        kernels included), convolutions and attention's ``QKᵀ`` and ``AV``, at 2 FLOPs per
+        multiply-add. Elementwise ops, biases, norms, softmax and embedding lookups count as zero.
+
+        gpt and bert also have ``flops_per_token``, the analytic PaLM formula used for MFU; it counts
+        bias and norm parameters as matmul weights, so it reads a little higher (~0.4 % at width 256).
+
+        The forward runs once in eval mode under ``no_grad``, so no dropout RNG is drawn and no
+        BatchNorm statistics move; every submodule's train/eval mode is restored afterwards.
+        """
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_FLOP_FORMULAS) as counter:
+                self(*inputs, **kwargs)
+        finally:
+            for m, training in modes:
+                m.training = training
+        return counter.get_total_flops()
+
+
+def maybe_checkpoint(module: nn.Module, *args: Any, enabled: bool) -> Any:
+    """``module(*args)``; with ``enabled``, in training, its activations are recomputed in backward.
+
+    Gradient (activation) checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory
+    Cost"): only the block's inputs are kept, and its forward runs again during the backward pass —
+    less memory for about a third more compute. In eval mode or under ``no_grad`` nothing is saved
+    for backward, so the module simply runs.
+
+    Non-reentrant ``checkpoint`` stashes and restores the CPU and CUDA RNG states, so dropout draws
+    the same masks on the replay and the gradients equal those without checkpointing.
+    """
+    if not (enabled and module.training and torch.is_grad_enabled()):
+        return module(*args)
+    if next(module.buffers(), None) is None or torch.compiler.is_compiling():
+        # Compiled, the replay is a pure function in the backward graph (buffers update once, in the
+        # forward graph), and Dynamo could not trace the context_fn below anyway.
+        return checkpoint(module, *args, use_reentrant=False)
+    # The eager replay must leave the module as the forward did: BatchNorm would otherwise update its
+    # running statistics (and num_batches_tracked) a second time per step.
+    return checkpoint(module, *args, use_reentrant=False, context_fn=lambda: _replay_keeps_buffers(module))
+
+
+def _replay_keeps_buffers(module: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
+    """``checkpoint``'s ``context_fn``: nothing around the forward, buffers restored after the replay."""
+    return contextlib.nullcontext(), _restore_buffers(module)
+
+
+@contextlib.contextmanager
+def _restore_buffers(module: nn.Module) -> Iterator[None]:
+    saved = [(b, b.clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 @torch.no_grad()

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from bigmodel.models.base import Model
+from bigmodel.models.base import Model, maybe_checkpoint
 from bigmodel.models.registry import CheckpointFormat, Family
 from bigmodel.nn.activations import ACTIVATIONS, activation
 from bigmodel.nn.attention import MultiHeadAttention
@@ -199,11 +198,7 @@ class Bert(Model):
         x = self.embed_drop(self.embed_norm(x))
         mask = None if attention_mask is None else attention_mask.bool()  # (B, T), True = attend
         for block in self.blocks:
-            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                # Non-reentrant checkpointing restores the RNG state, so dropout masks match on recompute.
-                x = checkpoint(block, x, mask, use_reentrant=False)
-            else:
-                x = block(x, mask)  # (B, T, H)
+            x = maybe_checkpoint(block, x, mask, enabled=self.config.gradient_checkpointing)  # (B, T, H)
         return x
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bigmodel.models.base import Model
+from bigmodel.models.base import Model, maybe_checkpoint
 from bigmodel.models.registry import Family
 from bigmodel.nn.activations import ACTIVATIONS
 from bigmodel.nn.conv import ConvNormAct
@@ -19,6 +19,21 @@ from bigmodel.nn.conv import ConvNormAct
 
 @dataclass
 class CNNConfig:
+    """CNN hyper-parameters.
+
+    Attributes:
+        input_shape: (channels, height, width) of one image.
+        num_outputs: size of the linear ``head``.
+        channels: output channels of each block.
+        kernel_size: odd kernel size of every conv (padding keeps the spatial size).
+        convs_per_block: conv–norm–act units per block, before its pool.
+        norm: ``batch`` or ``none``.
+        activation: a name from ``nn.activations.ACTIVATIONS``.
+        dropout: on the pooled features, before the head.
+        gradient_checkpointing: in training, recompute each block's activations in the backward
+            pass instead of storing them (less memory, ~1/3 more compute).
+    """
+
     input_shape: tuple[int, ...] = (1, 28, 28)  # (channels, height, width)
     num_outputs: int = 10
     channels: list[int] = field(default_factory=lambda: [32, 64])
@@ -27,6 +42,7 @@ class CNNConfig:
     norm: str = "batch"
     activation: str = "relu"
     dropout: float = 0.0
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         self.input_shape = tuple(int(d) for d in self.input_shape)
@@ -72,7 +88,7 @@ class CNN(Model):
         if x.dim() == 3:  # (B, H, W) grey images -> (B, 1, H, W)
             x = x.unsqueeze(1)
         for block in self.blocks:
-            x = block(x)  # (B, C, H', W')
+            x = maybe_checkpoint(block, x, enabled=self.config.gradient_checkpointing)  # (B, C, H', W')
         x = x.mean(dim=(2, 3))  # global average pool -> (B, C)
         return self.head(self.drop(x))
 

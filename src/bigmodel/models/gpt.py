@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from bigmodel.models.base import Model
+from bigmodel.models.base import Model, maybe_checkpoint
 from bigmodel.models.registry import CheckpointFormat, Family
 from bigmodel.nn.activations import ACTIVATIONS
 from bigmodel.nn.attention import KVCache, MultiHeadAttention
@@ -188,13 +187,10 @@ class GPT(Model):
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,)
         x = self.drop(self.embed(input_ids) + self.pos_embed(position_ids))  # (B, T, C)
-        ckpt = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        ckpt = self.config.gradient_checkpointing and cache is None  # not while decoding
         for i, block in enumerate(self.blocks):
-            if ckpt and cache is None:
-                # Non-reentrant checkpointing replays dropout with the same RNG state: same gradients.
-                x = checkpoint(block, x, mask, use_reentrant=False)
-            else:
-                x = block(x, mask, cache[i] if cache is not None else None)  # (B, T, C)
+            layer_cache = None if cache is None else cache[i]
+            x = maybe_checkpoint(block, x, mask, layer_cache, enabled=ckpt)  # (B, T, C)
         return self.norm(x)
 
     def forward(
