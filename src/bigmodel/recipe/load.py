@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args
@@ -56,17 +57,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# Scientific notation that PyYAML (YAML 1.1) leaves as a string: "1e-3", "3e4", "1.0e5".
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$")
+
+
 def _yaml_float(value: Any) -> Any:
-    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; recipes mean a float."""
+    """Read ``1e-3`` as the float a recipe means (YAML 1.1 needs ``1.0e-3``); other strings stay."""
     if isinstance(value, str):
-        try:
-            return (
-                float(value)
-                if any(c in value.lower() for c in "e.") and value[0] in "+-.0123456789"
-                else value
-            )
-        except ValueError:
-            return value
+        return float(value) if _SCIENTIFIC.match(value) else value
     if isinstance(value, list):
         return [_yaml_float(v) for v in value]
     if isinstance(value, dict):
