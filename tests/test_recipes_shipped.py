@@ -5,13 +5,13 @@ import yaml
 
 import bigmodel
 from bigmodel.recipe import shipped_recipes
-from helpers import write_wine_csv
+from helpers import minilm_folder, write_text_csv, write_tiny_bert, write_wine_csv
 
 RECIPES = shipped_recipes()
 
 
 def test_the_promised_recipes_ship():
-    assert {"digits-mlp", "digits-cnn", "tabular-csv"} <= set(RECIPES)
+    assert {"digits-mlp", "digits-cnn", "tabular-csv", "text-minilm"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -19,7 +19,12 @@ def test_recipe_loads_and_trains_one_step(name, tmp_path):
     path = RECIPES[name]
     assert yaml.safe_load(path.read_text())["name"] == name  # file name and recipe name agree
     overrides = {"train.max_steps": 1}
-    if bigmodel.load_recipe(path).data.source.startswith("csv:"):  # its CSV is the user's; make one
+    recipe = bigmodel.load_recipe(path)
+    if recipe.data.text is not None:  # its texts and checkpoint are the user's: the real MiniLM if here
+        overrides["data.source"] = f"csv:{write_text_csv(tmp_path / 'texts.csv', n=40)}"
+        overrides["model.pretrained"] = str(minilm_folder() or write_tiny_bert(tmp_path / "bert"))
+        overrides["data.max_length"] = 32
+    elif recipe.data.source.startswith("csv:"):  # its CSV is the user's; make one
         overrides["data.source"] = f"csv:{write_wine_csv(tmp_path / 'data.csv')}"
     run = bigmodel.train(path, output=tmp_path / "runs", progress=False, **overrides)
     assert run.metrics["train"]["steps"] == 1

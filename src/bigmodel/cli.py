@@ -82,7 +82,7 @@ def evaluate(
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="A run directory.")],
-    inputs: Annotated[Path, typer.Argument(help="A .csv, .jsonl or .parquet file of feature rows.")],
+    inputs: Annotated[Path, typer.Argument(help="A .csv, .jsonl or .parquet file of rows.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write JSON lines here.")] = None,  # noqa: UP045
 ):
     """Predict every row of a file; prints one JSON object per row."""

@@ -22,15 +22,18 @@ from bigmodel.data import Normalizer, load_source, split_indices
 from bigmodel.errors import DataError, RecipeError, RunDirError, did_you_mean
 from bigmodel.evaluate.metrics import scalar_metrics
 from bigmodel.hub.files import load_weights, save_weights, write_json, write_text
+from bigmodel.hub.pretrained import PretrainedError, from_pretrained, resolve_folder
+from bigmodel.hub.tokenizers import TextTokenizer, TokenizerError, load_tokenizer
 from bigmodel.models.base import predict_outputs
-from bigmodel.models.registry import build_config, get_family
+from bigmodel.models.registry import all_families, build_config, get_family
 from bigmodel.recipe import Recipe
 from bigmodel.serve import Predictor
-from bigmodel.tasks import create_task, restore_task
+from bigmodel.tasks import ClassificationTask, TextClassifier, create_task, restore_task
 from bigmodel.train.checkpoint import STATE_DIR
 from bigmodel.train.loop import fit
 
 SPLITS = ("train", "validation", "test")
+TEXT_FAMILIES = ("bert",)  # families text_classification can fine-tune: encoders with a [CLS] vector
 
 
 @dataclass
@@ -62,7 +65,45 @@ def load_recipe(source: str | Path | Mapping | Recipe, **overrides: Any) -> Reci
                 f"model.{key}: unknown option for model '{family.name}'. "
                 f"Allowed: {', '.join(sorted(known))}.{did_you_mean(key, known)}"
             )
+    _check_text_and_pretrained(recipe, family)
     return recipe
+
+
+def _check_text_and_pretrained(recipe: Recipe, family) -> None:
+    """``model.pretrained`` and ``data.text`` come together, with task text_classification and bert."""
+    model, data, task = recipe.model, recipe.data, recipe.task.name
+    if model.pretrained is not None and "hf" not in family.formats:
+        able = [f.name for f in all_families() if "hf" in f.formats]
+        raise RecipeError(
+            f"model.pretrained: model '{family.name}' has no Hugging Face checkpoint format, so it cannot "
+            f"start from {model.pretrained!r}. Families that load one: {', '.join(able)}."
+        )
+    if task != "text_classification":
+        if data.text is not None:
+            raise RecipeError(
+                f"data.text: only task text_classification reads a text column (the task is {task}). "
+                "Set task: text_classification, or remove data.text."
+            )
+        if model.pretrained is not None:
+            raise RecipeError(
+                f"model.pretrained: fine-tuning a pretrained checkpoint is supported for task "
+                f"text_classification (with model.arch bert); the task is {task}."
+            )
+        return
+    if family.name not in TEXT_FAMILIES:
+        raise RecipeError(
+            f"model.arch: task text_classification needs a text encoder: {', '.join(TEXT_FAMILIES)} "
+            f"(got '{family.name}')."
+        )
+    if data.text is None:
+        raise RecipeError("data.text: task text_classification needs the name of the text column.")
+    if data.features:
+        raise RecipeError("data.features: task text_classification reads only data.text; remove it.")
+    if model.pretrained is None:
+        raise RecipeError(
+            "model.pretrained: task text_classification fine-tunes a pretrained checkpoint; set it to a "
+            "Hugging Face folder or Hub repo id (its tokenizer turns the text into tokens)."
+        )
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -75,23 +116,78 @@ def _split_data(recipe: Recipe, task, fit_task: bool):
         raise RecipeError(
             f"data.label: required for {cfg.source.split(':')[0]} sources; name the target column."
         )
-    table = load_source(cfg.source, cfg.features, cfg.label)
-    strata = np.asarray([str(t) for t in table.targets]) if task.name == "classification" else None
+    table = load_source(cfg.source, cfg.features, cfg.label, cfg.text)
+    strata = np.asarray([str(t) for t in table.targets]) if isinstance(task, ClassificationTask) else None
     indices = split_indices(len(table.features), cfg.split.validation, cfg.split.test, recipe.seed, strata)
     if fit_task:
         task.fit(table.targets[indices["train"]])
     return table, indices
 
 
-def _tensors(table, indices, normalizer, task, name):
+def _tensors(table, indices, normalizer, tokenizer, max_length, task, name) -> tuple[torch.Tensor, ...]:
+    """One split as ``(*inputs, targets)``: normalised features, or token ids and attention mask
+    (padded to the split's longest text, truncated at ``max_length``)."""
     idx = indices[name]
-    x = torch.from_numpy(normalizer(table.features[idx]))
-    return x, task.encode(table.targets[idx], where=f"{name} split")
+    if tokenizer is None:
+        inputs = (torch.from_numpy(normalizer(table.features[idx])),)
+    else:
+        batch = tokenizer.encode(list(table.texts[idx]), max_length=max_length, return_token_type_ids=False)
+        inputs = (batch["input_ids"], batch["attention_mask"])
+    return (*inputs, task.encode(table.targets[idx], where=f"{name} split"))
 
 
-def _score(model, task, x: torch.Tensor, y: torch.Tensor) -> dict:
-    outputs = predict_outputs(model, x)
-    return {**task.metrics(outputs, y), "loss": float(task.loss(outputs, y))}
+def _score(model, task, *data: torch.Tensor) -> dict:
+    *inputs, targets = data
+    outputs = predict_outputs(model, *inputs)
+    return {**task.metrics(outputs, targets), "loss": float(task.loss(outputs, targets))}
+
+
+# --- model -----------------------------------------------------------------------------------------
+
+
+def _pretrained_text_model(recipe: Recipe, task) -> tuple[torch.nn.Module, TextTokenizer]:
+    """The ``model.pretrained`` backbone (other model keys override its config) with the task's head,
+    and the checkpoint's tokenizer."""
+    try:
+        folder = resolve_folder(recipe.model.pretrained)
+    except PretrainedError as exc:
+        raise PretrainedError(f"model.pretrained: {exc}") from None
+    try:
+        tokenizer = load_tokenizer(folder)
+    except TokenizerError as exc:
+        raise RecipeError(
+            f"model.pretrained: {exc} A text model needs the tokenizer it was trained with, in its folder."
+        ) from None
+    backbone = from_pretrained(folder, **recipe.model.options())
+    family = get_family(recipe.model.arch)
+    if type(backbone) is not family.model_cls:
+        raise RecipeError(
+            f"model.arch: '{family.name}', but model.pretrained {recipe.model.pretrained!r} holds a "
+            f"{type(backbone).__name__} checkpoint."
+        )
+    config = backbone.config
+    if recipe.data.max_length > config.max_positions:
+        raise RecipeError(
+            f"data.max_length: {recipe.data.max_length} exceeds the model's {config.max_positions} positions."
+        )
+    if tokenizer.vocab_size > config.vocab_size:
+        raise RecipeError(
+            f"model.pretrained: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{config.vocab_size} embeddings; the folder's tokenizer does not belong to its weights."
+        )
+    return task.build_model(backbone), tokenizer
+
+
+def _rebuild_model(spec: dict) -> torch.nn.Module:
+    """The module model.json describes: a family model, or a text backbone with its task head."""
+    family = get_family(spec["family"])
+    model = family.model_cls(family.config_cls(**spec["config"]))
+    if "head" in spec:
+        head = dict(spec["head"])
+        if head.pop("task") != "text_classification":
+            raise RunDirError(f"model.json: unknown head {spec['head']!r}.")
+        model = TextClassifier(model, **head)
+    return model
 
 
 # --- train -----------------------------------------------------------------------------------------
@@ -129,18 +225,36 @@ def train(
 
     task = create_task(recipe.task)
     table, indices = _split_data(recipe, task, fit_task=True)
-    normalizer = Normalizer(recipe.data.normalize).fit(table.features[indices["train"]])
-    data = {name: _tensors(table, indices, normalizer, task, name) for name in SPLITS if len(indices[name])}
+    text = recipe.data.text
+    normalizer = Normalizer("none" if text else recipe.data.normalize).fit(table.features[indices["train"]])
 
     torch.manual_seed(recipe.seed)  # weight initialisation
-    family = get_family(recipe.model.arch)
-    options = {"input_shape": table.feature_shape, "num_outputs": task.num_outputs, **recipe.model.options()}
-    config = build_config(family, options)
-    model = family.model_cls(config)
+    tokenizer = None
+    if text is None:
+        family = get_family(recipe.model.arch)
+        options = {"input_shape": table.feature_shape, "num_outputs": task.num_outputs}
+        config = build_config(family, {**options, **recipe.model.options()})
+        model = family.model_cls(config)
+        spec = {"family": family.name, "config": dataclasses.asdict(config)}
+    elif resume is None:
+        model, tokenizer = _pretrained_text_model(recipe, task)
+        backbone = model.backbone
+        spec = {"family": recipe.model.arch, "config": dataclasses.asdict(backbone.config)}
+        spec["head"] = model.head_spec()
+    else:  # the run directory holds all a text run needs; its weights come from the checkpoint
+        spec = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+        model, tokenizer = _rebuild_model(spec), load_tokenizer(run_dir)
+    data = {
+        name: _tensors(table, indices, normalizer, tokenizer, recipe.data.max_length, task, name)
+        for name in SPLITS
+        if len(indices[name])
+    }
 
     if resume is None:
         write_text(run_dir / "recipe.yaml", recipes.to_yaml(recipe))
-        write_json(run_dir / "model.json", {"family": family.name, "config": dataclasses.asdict(config)})
+        write_json(run_dir / "model.json", spec)
+        if tokenizer is not None:
+            tokenizer.save(run_dir)
         write_json(
             run_dir / "data.json",
             {
@@ -151,6 +265,7 @@ def train(
                 "normalizer": normalizer.to_dict(),
                 "task": task.state(),
                 "split_sizes": {name: len(idx) for name, idx in indices.items()},
+                **({"text": text, "max_length": recipe.data.max_length} if text else {}),
             },
         )
 
@@ -167,7 +282,7 @@ def train(
     )
     save_weights(model, run_dir / "model.safetensors")
 
-    report = {name: _score(model, task, x, y) for name, (x, y) in data.items() if name != "train"}
+    report = {name: _score(model, task, *tensors) for name, tensors in data.items() if name != "train"}
     write_json(run_dir / "eval.json", report)
     metrics = {
         "train": {
@@ -225,10 +340,15 @@ def _open_run(path: str | Path):
         spec = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise RunDirError(f"{run_dir}: damaged metadata file: {exc}.") from None
-    family = get_family(spec["family"])
-    model = family.model_cls(family.config_cls(**spec["config"]))
+    model = _rebuild_model(spec)
     load_weights(model, run_dir / "model.safetensors")
-    return run_dir, model.eval(), restore_task(info["task"]), Normalizer.from_dict(info["normalizer"]), info
+    tokenizer = None
+    if info.get("text"):
+        if not (run_dir / "tokenizer.json").is_file():
+            raise RunDirError(f"{run_dir}: a text run, but it lacks tokenizer.json.")
+        tokenizer = load_tokenizer(run_dir)
+    normalizer = Normalizer.from_dict(info["normalizer"])
+    return run_dir, model.eval(), restore_task(info["task"]), normalizer, tokenizer, info
 
 
 def evaluate(run: Run | str | Path, split: str = "test") -> dict:
@@ -241,7 +361,7 @@ def evaluate(run: Run | str | Path, split: str = "test") -> dict:
         raise RunDirError(
             f"--split: unknown split {split!r}. Allowed: {', '.join(SPLITS)}.{did_you_mean(split, SPLITS)}"
         )
-    run_dir, model, task, normalizer, info = _open_run(run.path if isinstance(run, Run) else run)
+    run_dir, model, task, normalizer, tokenizer, info = _open_run(run.path if isinstance(run, Run) else run)
     recipe = load_recipe(run_dir / "recipe.yaml")
     table, indices = _split_data(recipe, task, fit_task=False)
     if table.fingerprint != info["fingerprint"]:
@@ -253,7 +373,8 @@ def evaluate(run: Run | str | Path, split: str = "test") -> dict:
         raise RecipeError(
             f"--split {split}: this run's recipe holds out no {split} data (data.split.{split} = 0)."
         )
-    metrics = _score(model, task, *_tensors(table, indices, normalizer, task, split))
+    tensors = _tensors(table, indices, normalizer, tokenizer, info.get("max_length"), task, split)
+    metrics = _score(model, task, *tensors)
     path = run_dir / "eval.json"
     report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     write_json(path, {**report, split: metrics})
@@ -262,5 +383,14 @@ def evaluate(run: Run | str | Path, split: str = "test") -> dict:
 
 def load(run: Run | str | Path) -> Predictor:
     """Load a trained run for prediction: ``bigmodel.load(path).predict(rows)``."""
-    _, model, task, normalizer, info = _open_run(run.path if isinstance(run, Run) else run)
-    return Predictor(model, task, normalizer, info["feature_names"], tuple(info["input_shape"]))
+    _, model, task, normalizer, tokenizer, info = _open_run(run.path if isinstance(run, Run) else run)
+    return Predictor(
+        model,
+        task,
+        normalizer,
+        info["feature_names"],
+        tuple(info["input_shape"]),
+        tokenizer=tokenizer,
+        text=info.get("text"),
+        max_length=info.get("max_length"),
+    )

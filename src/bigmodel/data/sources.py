@@ -2,7 +2,8 @@
 
 ``builtin:NAME`` reads the real data sets bundled with scikit-learn (handwritten digits, iris, wine,
 breast cancer, diabetes); ``csv:``, ``jsonl:`` and ``parquet:`` read tabular files with declared
-feature and label columns. Every problem with a file names the file, the row and the column.
+feature and label columns, or a text column (``data.text``) kept as raw strings for a tokenizer.
+Every problem with a file names the file, the row and the column.
 """
 
 from __future__ import annotations
@@ -21,44 +22,65 @@ from bigmodel.errors import DataError, did_you_mean
 
 @dataclass
 class Table:
-    """Records as arrays: ``features`` (N, *feature_shape) float32 and ``targets`` (N,) raw labels."""
+    """Records as arrays: ``features`` (N, *feature_shape) float32, ``targets`` (N,) raw labels and,
+    for text data, ``texts`` (N,) raw strings (then ``features`` is (N, 0))."""
 
     features: np.ndarray
     targets: np.ndarray | None
     feature_names: list[str]
     fingerprint: str  # sha256 of the bytes read, so a later stage can tell the data changed
+    texts: np.ndarray | None = None
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
         return tuple(self.features.shape[1:])
 
 
-def load_source(source: str, features: list[str] | None = None, label: str | None = None) -> Table:
-    """Read the records named by ``source`` (``SCHEME:WHAT``, validated by the recipe schema)."""
+def load_source(
+    source: str, features: list[str] | None = None, label: str | None = None, text: str | None = None
+) -> Table:
+    """Read the records named by ``source`` (``SCHEME:WHAT``, validated by the recipe schema).
+
+    With ``text``, that column is read as strings and no feature columns are read.
+    """
     scheme, _, what = source.partition(":")
     if scheme == "builtin":
+        if text is not None:
+            raise DataError(f"data.text: builtin data sets have no text column; {source!r} is numeric.")
         return _builtin(what)
     path = Path(what).expanduser()
     if not path.is_file():
         raise DataError(f"data.source: file not found: '{path}' (from {source!r}).")
     columns = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[scheme](path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return table_from_columns(columns, features, label, where=str(path), fingerprint=digest)
+    return table_from_columns(columns, features, label, where=str(path), fingerprint=digest, text=text)
 
 
 def table_from_columns(
-    columns: dict[str, list], features: list[str] | None, label: str | None, where: str, fingerprint: str = ""
+    columns: dict[str, list],
+    features: list[str] | None,
+    label: str | None,
+    where: str,
+    fingerprint: str = "",
+    text: str | None = None,
 ) -> Table:
-    """Select and convert columns. ``label=None`` reads features only (for prediction)."""
+    """Select and convert columns. ``label=None`` reads features only (for prediction); ``text``
+    reads that column as strings instead of numeric features."""
     names = list(columns)
     if not names or not len(columns[names[0]]):
         raise DataError(f"{where}: no records found.")
-    if label is not None and label not in columns:
-        raise DataError(
-            f"data.label: column '{label}' is not in {where}. "
-            f"Columns: {', '.join(names)}.{did_you_mean(label, names)}"
-        )
-    features = features or [n for n in names if n != label]
+    for field, name in (("label", label), ("text", text)):
+        if name is not None and name not in columns:
+            raise DataError(
+                f"data.{field}: column '{name}' is not in {where}. "
+                f"Columns: {', '.join(names)}.{did_you_mean(name, names)}"
+            )
+    texts = None
+    if text is not None:
+        texts = np.asarray(["" if v is None else str(v) for v in columns[text]], dtype=object)
+        features = []
+    else:
+        features = features or [n for n in names if n != label]
     for name in features:
         if name not in columns:
             raise DataError(
@@ -74,7 +96,7 @@ def table_from_columns(
         missing = [i for i, v in enumerate(targets) if v is None or v == ""]
         if missing:
             raise DataError(f"{where}: row {missing[0] + 1}, column '{label}': the label is empty.")
-    return Table(matrix, targets, list(features), fingerprint)
+    return Table(matrix, targets, list(features), fingerprint, texts)
 
 
 def _numeric_column(values: list, name: str, where: str) -> np.ndarray:

@@ -130,6 +130,12 @@ def from_pretrained(
     return model.eval()
 
 
+def resolve_folder(folder_or_repo_id: str | Path, revision: str | None = None) -> Path:
+    """The local folder of a checkpoint: an existing folder as is, else the Hub snapshot of a repo id
+    (its config, weights and tokenizer files). Raises :class:`PretrainedError` as ``from_pretrained``."""
+    return _resolve(folder_or_repo_id, revision)
+
+
 def _looks_like_path(name: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else that does not exist is a missing folder.
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name

@@ -120,10 +120,14 @@ def _restore_buffers(module: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def predict_outputs(model: nn.Module, features: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Model outputs for every row of ``features``, in eval mode, in batches of ``batch_size``."""
+def predict_outputs(model: nn.Module, *inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """``model(*inputs)`` for every row, in eval mode, in batches of ``batch_size`` rows.
+
+    ``inputs`` share their first (row) dimension: features, or token ids and an attention mask.
+    """
     was_training = model.training
     model.eval()
-    outputs = [model(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
+    n = len(inputs[0])
+    outputs = [model(*(t[i : i + batch_size] for t in inputs)) for i in range(0, n, batch_size)]
     model.train(was_training)
     return torch.cat(outputs)

@@ -51,6 +51,8 @@ class DataConfig(Strict):
     source: str = Field(description="builtin:NAME, csv:PATH, jsonl:PATH or parquet:PATH")
     features: list[str] | None = Field(None, description="feature columns; default: all but the label")
     label: str | None = Field(None, description="target column (tabular sources)")
+    text: str | None = Field(None, description="text column (task text_classification); raw strings")
+    max_length: int = Field(128, ge=2, description="text: truncate (and at most pad) to this many tokens")
     split: SplitConfig = SplitConfig()
     normalize: Literal["standard", "global", "none"] = Field(
         "standard", description="standard: per-feature mean/std; global: one mean/std; from train split"
@@ -70,16 +72,18 @@ class DataConfig(Strict):
 class TaskConfig(Named):
     """What a record means and how it is scored."""
 
-    name: Literal["classification", "regression"] = "classification"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="classification only")
+    name: Literal["classification", "text_classification", "regression"] = "classification"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="classification tasks only")
     loss: Literal["mse", "mae"] = Field("mse", description="regression only")
 
 
 class ModelConfig(BaseModel):
-    """``arch`` names the family; every other key is that family's config field."""
+    """``arch`` names the family; ``pretrained`` optionally names a Hugging Face folder or Hub repo id
+    to start from; every other key is that family's config field (overriding the checkpoint's)."""
 
     model_config = ConfigDict(extra="allow")
     arch: str
+    pretrained: str | None = None
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from bigmodel.tasks.classification import ClassificationTask
 from bigmodel.tasks.regression import RegressionTask
+from bigmodel.tasks.text_classification import TextClassificationTask, TextClassifier
 
-TASKS = {"classification": ClassificationTask, "regression": RegressionTask}
+TASKS = {
+    "classification": ClassificationTask,
+    "text_classification": TextClassificationTask,
+    "regression": RegressionTask,
+}
 
 
 def create_task(config) -> ClassificationTask | RegressionTask:
     """Build the task named by a recipe's ``task`` section."""
-    if config.name == "classification":
-        return ClassificationTask(label_smoothing=config.label_smoothing)
+    if config.name in ("classification", "text_classification"):
+        return TASKS[config.name](label_smoothing=config.label_smoothing)
     return RegressionTask(loss=config.loss)
 
 
@@ -21,4 +26,12 @@ def restore_task(state: dict) -> ClassificationTask | RegressionTask:
     return TASKS[state.pop("name")](**state)
 
 
-__all__ = ["TASKS", "ClassificationTask", "RegressionTask", "create_task", "restore_task"]
+__all__ = [
+    "TASKS",
+    "ClassificationTask",
+    "RegressionTask",
+    "TextClassificationTask",
+    "TextClassifier",
+    "create_task",
+    "restore_task",
+]
