@@ -186,3 +186,18 @@ def test_evaluate_refuses_changed_data_and_non_runs(tmp_path):
         bigmodel.evaluate(run)
     with pytest.raises(RunDirError, match="not a finished run directory"):
         bigmodel.evaluate(tmp_path)
+
+
+def test_early_stopping_without_validation_split_is_refused():
+    with pytest.raises(RecipeError, match=r"train.early_stopping.*data.split.validation is 0"):
+        bigmodel.load_recipe("digits-mlp", **{"data.split.validation": 0})
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,label\n1,x\nnot-a-number,y\n")
+    with pytest.raises(DataError):
+        bigmodel.train(
+            "tabular-csv", output=tmp_path / "runs", progress=False, **{"data.source": f"csv:{bad}"}
+        )
+    assert not (tmp_path / "runs").exists()

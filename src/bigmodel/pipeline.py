@@ -193,6 +193,25 @@ def _rebuild_model(spec: dict) -> torch.nn.Module:
 # --- train -----------------------------------------------------------------------------------------
 
 
+def _build_model(recipe: Recipe, task, table, resumed_run: Path | None):
+    """The model to train, its tokenizer (text tasks) and its model.json spec.
+
+    A resumed text run is rebuilt from its own run directory (the checkpoint supplies the weights),
+    never from the pretrained folder, which may have moved.
+    """
+    if recipe.data.text is None:
+        family = get_family(recipe.model.arch)
+        options = {"input_shape": table.feature_shape, "num_outputs": task.num_outputs}
+        config = build_config(family, {**options, **recipe.model.options()})
+        return family.model_cls(config), None, {"family": family.name, "config": dataclasses.asdict(config)}
+    if resumed_run is None:
+        model, tokenizer = _pretrained_text_model(recipe, task)
+        spec = {"family": recipe.model.arch, "config": dataclasses.asdict(model.backbone.config)}
+        return model, tokenizer, {**spec, "head": model.head_spec()}
+    spec = json.loads((resumed_run / "model.json").read_text(encoding="utf-8"))
+    return _rebuild_model(spec), load_tokenizer(resumed_run), spec
+
+
 def train(
     recipe: str | Path | Mapping | Recipe,
     output: str | Path = "runs",
@@ -221,36 +240,21 @@ def train(
         recipe = load_recipe(run_dir / "recipe.yaml")
     else:
         recipe = load_recipe(recipe, **overrides)
-        run_dir = _new_run_dir(Path(output), recipe.name)
 
     task = create_task(recipe.task)
     table, indices = _split_data(recipe, task, fit_task=True)
     text = recipe.data.text
     normalizer = Normalizer("none" if text else recipe.data.normalize).fit(table.features[indices["train"]])
-
     torch.manual_seed(recipe.seed)  # weight initialisation
-    tokenizer = None
-    if text is None:
-        family = get_family(recipe.model.arch)
-        options = {"input_shape": table.feature_shape, "num_outputs": task.num_outputs}
-        config = build_config(family, {**options, **recipe.model.options()})
-        model = family.model_cls(config)
-        spec = {"family": family.name, "config": dataclasses.asdict(config)}
-    elif resume is None:
-        model, tokenizer = _pretrained_text_model(recipe, task)
-        backbone = model.backbone
-        spec = {"family": recipe.model.arch, "config": dataclasses.asdict(backbone.config)}
-        spec["head"] = model.head_spec()
-    else:  # the run directory holds all a text run needs; its weights come from the checkpoint
-        spec = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-        model, tokenizer = _rebuild_model(spec), load_tokenizer(run_dir)
+    model, tokenizer, spec = _build_model(recipe, task, table, run_dir if resume is not None else None)
     data = {
         name: _tensors(table, indices, normalizer, tokenizer, recipe.data.max_length, task, name)
         for name in SPLITS
         if len(indices[name])
     }
 
-    if resume is None:
+    if resume is None:  # only now, with data and model checked, does the run directory appear
+        run_dir = _new_run_dir(Path(output), recipe.name)
         write_text(run_dir / "recipe.yaml", recipes.to_yaml(recipe))
         write_json(run_dir / "model.json", spec)
         if tokenizer is not None:

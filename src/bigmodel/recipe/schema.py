@@ -157,3 +157,12 @@ class Recipe(Strict):
     task: TaskConfig = TaskConfig()
     model: ModelConfig
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self):
+        if self.train.early_stopping is not None and self.data.split.validation == 0:
+            raise ValueError(
+                "train.early_stopping watches validation data, but data.split.validation is 0; "
+                "hold some out or remove early_stopping"
+            )
+        return self
