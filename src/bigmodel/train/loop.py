@@ -39,8 +39,10 @@ class FitResult:
     best: dict | None  # {"step", "metric", "value"} when early stopping is on
 
 
-def validate(model: nn.Module, task, features: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    outputs = predict_outputs(model, features)
+def validate(model: nn.Module, task, *data: torch.Tensor) -> dict[str, float]:
+    """Loss and metrics on ``data = (*inputs, targets)``."""
+    *inputs, targets = data
+    outputs = predict_outputs(model, *inputs)
     return {"loss": float(task.loss(outputs, targets)), **scalar_metrics(task.metrics(outputs, targets))}
 
 
@@ -55,10 +57,12 @@ def fit(
     resume: bool = False,
     show_progress: bool = True,
 ) -> FitResult:
-    """Train ``model`` on ``train_data`` (features, targets) per the recipe's ``train`` section.
+    """Train ``model`` on ``train_data`` per the recipe's ``train`` section.
 
     Args:
-        val_data: (features, targets) for evaluation and early stopping, or None.
+        train_data: ``(*inputs, targets)`` tensors sharing their first dimension; each batch calls
+            ``model(*inputs)`` (features alone, or token ids and an attention mask).
+        val_data: the same for evaluation and early stopping, or None.
         run_dir: where checkpoints and metrics.jsonl go.
         resume: continue from ``run_dir/train_state`` exactly where it stopped.
     """
@@ -94,8 +98,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             step_loss, epoch_done = 0.0, False
             for _ in range(micro):
-                (x, y), epoch_done = loader.next_batch()
-                loss = task.loss(model(x), y)
+                (*inputs, targets), epoch_done = loader.next_batch()
+                loss = task.loss(model(*inputs), targets)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"training stopped: the loss became {loss.item()} at step {step + 1} "
@@ -105,7 +109,7 @@ def fit(
                     )
                 (loss / micro).backward()
                 step_loss += loss.item() / micro
-                samples_seen += len(x)
+                samples_seen += len(targets)
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
