@@ -1,18 +1,21 @@
 """Native models vs Hugging Face transformers at identical configs and weights, side by side.
 
 - GPT training: tokens/s of native ``gpt`` vs ``GPT2LMHeadModel`` (same config, same weights, AdamW,
-  next-token loss), and MFU against a matmul peak measured here.
+  next-token loss), and MFU against a matmul peak measured here; in fp32, and in bf16 mixed
+  precision (``torch.autocast("cpu", dtype=torch.bfloat16)`` around forward + loss on both sides,
+  fp32 master weights and AdamW on both sides, MFU against a measured bf16 matmul peak).
 - BERT inference: latency of native ``bert`` vs ``BertModel`` at batch 16 and batch 1.
 
 A and B alternate rep by rep in one process; the figure that counts is the median of the per-pair
 ratios (these machines are shared; see ../shared/PERFORMANCE.md).
 
-Run: .venv/bin/python bench/models.py [--reps 10] [--quick]
+Run: .venv/bin/python bench/models.py [--reps 10] [--quick] [--only gpt_bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import statistics
@@ -38,9 +41,10 @@ def keep_freed_memory() -> None:
     libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """Best of ``reps`` fp32 n³ matmuls, in FLOP/s: the denominator of MFU, measured, never assumed."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Best of ``reps`` n³ matmuls in ``dtype``, in FLOP/s: the denominator of MFU, measured, never
+    assumed."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):  # warm the thread pool and the caches
         a @ b
     best = min(_timed(lambda: a @ b) for _ in range(reps))
@@ -87,7 +91,9 @@ def native_from_hf(family_name: str, hf_model) -> torch.nn.Module:
     return model
 
 
-def bench_gpt_training(layers, width, heads, seq, batch, vocab, dropout, reps) -> dict:
+def bench_gpt_training(layers, width, heads, seq, batch, vocab, dropout, reps, dtype="fp32") -> dict:
+    """``dtype="bf16"``: the same step with forward + loss under ``torch.autocast("cpu", bfloat16)`` on
+    both sides (the same precision policy; weights, gradients and AdamW stay fp32)."""
     torch.manual_seed(0)
     hf_config = GPT2Config(
         n_layer=layers,
@@ -110,13 +116,22 @@ def bench_gpt_training(layers, width, heads, seq, batch, vocab, dropout, reps) -
         "native": torch.optim.AdamW(native.parameters(), lr=1e-4),
     }
 
+    def precision():
+        if dtype == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def hf_step():
-        hf(x, labels=x).loss.backward()
+        with precision():
+            loss = hf(x, labels=x).loss
+        loss.backward()
         optimizers["hf"].step()
         optimizers["hf"].zero_grad(set_to_none=True)
 
     def native_step():
-        F.cross_entropy(native(x).view(-1, vocab), shifted).backward()
+        with precision():
+            loss = F.cross_entropy(native(x).view(-1, vocab), shifted)
+        loss.backward()
         optimizers["native"].step()
         optimizers["native"].zero_grad(set_to_none=True)
 
@@ -133,7 +148,7 @@ def bench_gpt_training(layers, width, heads, seq, batch, vocab, dropout, reps) -
             vocab=vocab,
             dropout=dropout,
             optimizer="AdamW",
-            dtype="fp32",
+            dtype=dtype if dtype == "fp32" else "bf16 autocast (fp32 master weights)",
         ),
         "params": native.num_params(),
         "flops_per_token": native.flops_per_token(seq),
@@ -180,14 +195,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
+    sections = ("gpt", "gpt_bf16", "bert")
+    parser.add_argument("--only", choices=sections, nargs="+", default=sections)
     args = parser.parse_args()
     keep_freed_memory()
     torch.set_num_threads(2)
     peak = matmul_peak()
+    peak_bf16 = matmul_peak(dtype=torch.bfloat16)
     # The peak is probed again at the end and the higher figure kept: a probe that met a busy
     # neighbour would otherwise flatter the MFU.
     if args.quick:
         gpt = [dict(layers=2, width=64, heads=2, seq=32, batch=2, vocab=65, dropout=0.0)]
+        gpt_bf16 = gpt
         bert = [dict(layers=2, width=64, heads=2, seq=16, batch=2)]
     else:
         gpt = [
@@ -195,23 +214,33 @@ def main() -> None:
             dict(layers=6, width=384, heads=6, seq=256, batch=8, vocab=65, dropout=0.1),
             dict(layers=4, width=256, heads=4, seq=128, batch=8, vocab=50257, dropout=0.0),
         ]
+        gpt_bf16 = [dict(layers=6, width=384, heads=6, seq=256, batch=8, vocab=65, dropout=0.0)]
         bert = [
             dict(layers=4, width=256, heads=4, seq=128, batch=16),
             dict(layers=4, width=256, heads=4, seq=128, batch=1),
         ]
+    if "gpt" not in args.only:
+        gpt = []
+    if "gpt_bf16" not in args.only:
+        gpt_bf16 = []
+    if "bert" not in args.only:
+        bert = []
     gpt_results = [bench_gpt_training(**c, reps=args.reps) for c in gpt]
+    gpt_bf16_results = [bench_gpt_training(**c, reps=args.reps, dtype="bf16") for c in gpt_bf16]
     bert_results = [bench_bert_inference(**c, reps=args.reps * 3) for c in bert]
     peak = max(peak, matmul_peak())
-    for result in gpt_results:
-        for side in ("hf", "native"):
-            result[side]["mfu_fp32"] = round(
-                result[side]["tokens_per_s"] * result["flops_per_token"] / peak, 3
-            )
+    peak_bf16 = max(peak_bf16, matmul_peak(dtype=torch.bfloat16))
+    for results, key, p in ((gpt_results, "mfu_fp32", peak), (gpt_bf16_results, "mfu_bf16", peak_bf16)):
+        for result in results:
+            for side in ("hf", "native"):
+                result[side][key] = round(result[side]["tokens_per_s"] * result["flops_per_token"] / p, 3)
     report = {
         "benchmark": "native models vs transformers",
         "machine": machine(),
         "matmul_peak_gflops_fp32": round(peak / 1e9, 1),
+        "matmul_peak_gflops_bf16": round(peak_bf16 / 1e9, 1),
         "gpt_training": gpt_results,
+        "gpt_training_bf16": gpt_bf16_results,
         "bert_inference": bert_results,
     }
     print(json.dumps(report, indent=2))

@@ -300,3 +300,25 @@ def test_invalid_configs_raise():
     cos_sin = RotaryEmbedding(10)(torch.arange(T))
     with pytest.raises(ValueError, match="self-attention"):
         attn(torch.randn(B, T, C), torch.randn(B, 5, C), rope=cos_sin)
+
+
+def test_bf16_causal_path_matches_sdpa(monkeypatch):
+    # bf16 causal self-attention on CPU skips SDPA's flash kernel (faster there): same function.
+    import bigmodel.nn.attention as attention
+
+    attn = MultiHeadAttention(64, num_heads=4).to(torch.bfloat16)
+    x = torch.randn(2, 24, 64, dtype=torch.bfloat16)
+
+    def run():
+        xg = x.clone().requires_grad_()
+        y = attn(xg, causal=True)
+        y.float().square().sum().backward()
+        return y.float(), xg.grad.float()
+
+    y, grad = run()
+    monkeypatch.setattr(attention, "_UNFUSED_MAX_T", 0)  # force SDPA
+    y_sdpa, grad_sdpa = run()
+    torch.testing.assert_close(y, y_sdpa, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(grad, grad_sdpa, atol=5e-2, rtol=5e-2)
+    ref = naive_attention(attn.float(), x.float(), causal=True)
+    torch.testing.assert_close(y, ref, atol=2e-2, rtol=2e-2)

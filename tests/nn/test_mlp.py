@@ -98,6 +98,12 @@ def test_activation_names():
     torch.testing.assert_close(activation("gelu_tanh")(x), ACT2FN["gelu_new"](x), atol=1e-6, rtol=0)
     assert not torch.allclose(activation("gelu")(x), activation("gelu_new")(x), atol=1e-5)  # erf vs tanh
     torch.testing.assert_close(activation("silu")(x), x * torch.sigmoid(x))
+    # bf16/fp16 (autocast) take the fused kernel: one rounding instead of the formula's six
+    for dtype, ulp in ((torch.bfloat16, 2**-8), (torch.float16, 2**-11)):
+        xh = x.to(dtype)
+        ours, exact = activation("gelu_new")(xh), ACT2FN["gelu_new"](xh.float())
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours.float(), exact, atol=1e-6, rtol=ulp)
     assert {"relu", "gelu", "gelu_new", "gelu_tanh", "silu", "tanh", "identity"} <= set(ACTIVATIONS)
     with pytest.raises(ValueError, match="gelu_new"):
         activation("swishh")

