@@ -11,8 +11,9 @@ import torch
 
 from bigmodel.hub.convert import CheckpointMismatch, from_published, to_published
 from bigmodel.models import create_model
+from bigmodel.models.base import shift_right
 from bigmodel.models.registry import build_config
-from bigmodel.models.t5 import FAMILY, T5, T5Config, shift_right
+from bigmodel.models.t5 import FAMILY, T5, T5Config
 
 transformers = pytest.importorskip("transformers")
 HF = FAMILY.formats["hf"]

@@ -12,6 +12,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from bigmodel.nn.attention import KVCache
+
 # --- FLOP formulas FlopCounterMode lacks (torch 2.13) ------------------------------------------------
 
 
@@ -131,3 +133,54 @@ def predict_outputs(model: nn.Module, *inputs: torch.Tensor, batch_size: int = 5
     outputs = [model(*(t[i : i + batch_size] for t in inputs)) for i in range(0, n, batch_size)]
     model.train(was_training)
     return torch.cat(outputs)
+
+
+def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Teacher-forcing decoder inputs: ``[start, y_0, ..., y_{T-2}]``, ``-100`` replaced by the pad id.
+
+    The same as Hugging Face ``T5PreTrainedModel._shift_right``.
+    """
+    shifted = labels.new_full(labels.shape, decoder_start_token_id)
+    shifted[..., 1:] = labels[..., :-1]
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+class EncoderDecoder(Model):
+    """The encoder–decoder protocol that ``models/generate.py`` drives, written once.
+
+    A subclass defines ``encode(input_ids, attention_mask)``, ``decode(decoder_input_ids,
+    encoder_out, encoder_mask, cache)`` and a ``decoder`` with ``blocks``; its config has
+    ``decoder_start_token_id`` and ``pad_token_id``.
+    """
+
+    def new_cache(self, max_length: int | None = None) -> list[tuple[KVCache, KVCache]]:
+        """One ``(self-attention, cross-attention)`` KVCache pair per decoder block.
+
+        Args:
+            max_length: preallocate the self-attention caches for this many decoder positions.
+        """
+        return [(KVCache(max_length), KVCache()) for _ in self.decoder.blocks]
+
+    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs for teacher forcing on ``labels`` ``(B, T)``; see :func:`shift_right`."""
+        return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(B, T, V)``. Without ``decoder_input_ids`` they are ``labels`` shifted right.
+
+        The loss (cross-entropy against ``labels``, ignoring -100) belongs to the task.
+        """
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError(
+                    f"{type(self).__name__}.forward needs decoder_input_ids or labels to shift right"
+                )
+            decoder_input_ids = self.shift_right(labels)
+        encoder_out = self.encode(input_ids, attention_mask)  # (B, S, D)
+        return self.decode(decoder_input_ids, encoder_out, attention_mask)  # (B, T, V)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bigmodel.models.base import Model, maybe_checkpoint
+from bigmodel.models.base import EncoderDecoder, maybe_checkpoint
 from bigmodel.models.registry import CheckpointFormat, Family
 from bigmodel.nn.attention import KVCache, MultiHeadAttention
 from bigmodel.nn.mlp import FeedForward, GatedFeedForward
@@ -229,18 +229,7 @@ class T5Stack(nn.Module):
         return self.drop(self.norm(h))
 
 
-def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
-    """Teacher-forcing decoder inputs: ``[start, y_0, ..., y_{T-2}]``, ``-100`` replaced by the pad id.
-
-    The same as Hugging Face ``T5PreTrainedModel._shift_right``.
-    """
-    shifted = labels.new_zeros(labels.shape)
-    shifted[..., 1:] = labels[..., :-1].clone()
-    shifted[..., 0] = decoder_start_token_id
-    return shifted.masked_fill(shifted == -100, pad_token_id)
-
-
-class T5(Model):
+class T5(EncoderDecoder):
     """Shared ``embed`` → ``encoder`` / ``decoder`` stacks → ``head`` over the vocabulary.
 
     Generation protocol (``bigmodel.models.generate``): ``encode`` once, then ``decode`` step by step
@@ -310,36 +299,6 @@ class T5(Model):
             # v1.0 ties the output layer to the embedding, trained at a d_model^0.5 larger scale
             h = h * self.config.embed_dim**-0.5
         return self.head(h)  # (B, T, V)
-
-    def new_cache(self, max_length: int | None = None) -> list[tuple[KVCache, KVCache]]:
-        """One ``(self-attention, cross-attention)`` KVCache pair per decoder block.
-
-        Args:
-            max_length: preallocate the self-attention caches for this many decoder positions.
-        """
-        return [(KVCache(max_length), KVCache()) for _ in self.decoder.blocks]
-
-    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
-        """Decoder inputs for teacher forcing on ``labels`` ``(B, T)``; see :func:`shift_right`."""
-        return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits ``(B, T, V)``. Without ``decoder_input_ids`` they are ``labels`` shifted right.
-
-        The loss (cross-entropy against ``labels``, ignoring -100) belongs to the task.
-        """
-        if decoder_input_ids is None:
-            if labels is None:
-                raise ValueError("T5.forward needs decoder_input_ids or labels to shift right")
-            decoder_input_ids = self.shift_right(labels)
-        encoder_out = self.encode(input_ids, attention_mask)  # (B, S, D)
-        return self.decode(decoder_input_ids, encoder_out, attention_mask)  # (B, T, V)
 
 
 def _example_input(config: T5Config, batch_size: int = 2) -> tuple[torch.Tensor, ...]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bigmodel.models.base import Model, maybe_checkpoint
+from bigmodel.models.base import EncoderDecoder, maybe_checkpoint
 from bigmodel.models.registry import CheckpointFormat, Family
 from bigmodel.nn.attention import KVCache, MultiHeadAttention
 from bigmodel.nn.mlp import FeedForward
@@ -191,7 +191,7 @@ class TransformerStack(nn.Module):
         return self.norm(x)
 
 
-class Transformer(Model):
+class Transformer(EncoderDecoder):
     """``embed`` + positions → ``encoder``; ``tgt_embed`` + positions → ``decoder`` → ``head``.
 
     Generation protocol (``bigmodel.models.generate``): ``encode`` once, then ``decode`` step by step
@@ -258,38 +258,6 @@ class Transformer(Model):
         x = self._embed(self.tgt_embed, decoder_input_ids, offset=past)  # (B, T, D)
         h = self.decoder(x, decoder_mask, encoder_out, encoder_mask, cache)  # (B, T, D)
         return self.head(h)  # (B, T, V)
-
-    def new_cache(self, max_length: int | None = None) -> list[tuple[KVCache, KVCache]]:
-        """One ``(self-attention, cross-attention)`` KVCache pair per decoder block.
-
-        Args:
-            max_length: preallocate the self-attention caches for this many decoder positions.
-        """
-        return [(KVCache(max_length), KVCache()) for _ in self.decoder.blocks]
-
-    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
-        """Teacher-forcing decoder inputs ``[start, y_0, ..., y_{T-2}]``, ``-100`` replaced by the pad id."""
-        shifted = labels.new_full(labels.shape, self.config.decoder_start_token_id)
-        shifted[..., 1:] = labels[..., :-1]
-        return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits ``(B, T, V)``. Without ``decoder_input_ids`` they are ``labels`` shifted right.
-
-        The loss (cross-entropy against ``labels``, with label smoothing in the paper) belongs to the task.
-        """
-        if decoder_input_ids is None:
-            if labels is None:
-                raise ValueError("Transformer.forward needs decoder_input_ids or labels to shift right")
-            decoder_input_ids = self.shift_right(labels)
-        encoder_out = self.encode(input_ids, attention_mask)  # (B, S, D)
-        return self.decode(decoder_input_ids, encoder_out, attention_mask)  # (B, T, V)
 
 
 def _example_input(config: TransformerConfig, batch_size: int = 2) -> tuple[torch.Tensor, ...]:
