@@ -95,7 +95,7 @@ def write_tiny_bert(folder: Path, pooler: bool = True, tokenizer: bool = True, s
     vocab = text_vocab()
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(vocab), embed_dim=36, num_layers=2, num_heads=4, mlp_dim=37, max_positions=40,
+        vocab_size=len(vocab), embed_dim=36, num_layers=2, num_heads=4, ffn_dim=37, max_positions=40,
         add_pooler=pooler, dropout=0.0, attn_dropout=0.0,
     )  # fmt: skip
     save_pretrained(Bert(config), folder)

@@ -104,9 +104,9 @@ def test_user_errors_exit_2_with_a_clear_message(args, expected):
 
 def test_malformed_csv_and_missing_label(tmp_path):
     bad = tmp_path / "bad.csv"
-    bad.write_text("a,b,label\n1,2,x\n3,oops,y\n")
+    bad.write_text("a,b,label\n" + "".join(f"{i},{i * 2},{'xy'[i % 2]}\n" for i in range(20)) + "3,oops,y\n")
     result = bigmodel("train", "tabular-csv", f"data.source=csv:{bad}")
-    assert result.returncode == 2 and "row 2, column 'b'" in result.stderr and "'oops'" in result.stderr
+    assert result.returncode == 2 and "row 21" in result.stderr and "'oops'" in result.stderr
     result = bigmodel("train", "tabular-csv", f"data.source=csv:{bad}", "data.label=target")
     assert (
         result.returncode == 2 and "data.label" in result.stderr and "Columns: a, b, label" in result.stderr

@@ -17,14 +17,14 @@ STAGES = [
     "models",
     "hub",
     "tasks",
-    "train",
-    "evaluate",
+    "training",
+    "evaluation",
     "compress",
     "export",
     "serve",
 ]
-# evaluate/metrics.py is a NumPy-only leaf: tasks own their metrics and compute them with it.
-LEAVES = {"bigmodel.evaluate.metrics"}
+# evaluation/metrics.py is a NumPy-only leaf: tasks own their metrics and compute them with it.
+LEAVES = {"bigmodel.evaluation.metrics"}
 # Top-level modules that wire everything together.
 WIRING = {"pipeline", "cli", "__init__", "__main__"}
 # Only hub/ may touch the big external model libraries.

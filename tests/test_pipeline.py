@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 
 import bigmodel
 from bigmodel.errors import DataError, RecipeError, RunDirError
-from bigmodel.train.loop import TrainingDiverged
+from bigmodel.training.loop import TrainingDiverged
 from helpers import write_diabetes_jsonl, write_wine_csv
 
 
@@ -54,7 +54,7 @@ def test_predictor_agrees_with_evaluation(tmp_path):
     rows = predictor.predict(digits.data[:200])
     accuracy = np.mean([int(r["label"]) == t for r, t in zip(rows, digits.target[:200], strict=True)])
     assert accuracy > 0.9
-    records = [dict(zip(digits.feature_names, map(float, x), strict=True)) for x in digits.data[:5]]
+    records = [{"image": x.reshape(1, 8, 8), "label": "ignored"} for x in digits.data[:5]]
     assert [r["label"] for r in predictor.predict(records)] == [r["label"] for r in rows[:5]]
     assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
 
@@ -195,8 +195,8 @@ def test_early_stopping_without_validation_split_is_refused():
 
 def test_a_failed_start_leaves_no_run_directory(tmp_path):
     bad = tmp_path / "bad.csv"
-    bad.write_text("a,label\n1,x\nnot-a-number,y\n")
-    with pytest.raises(DataError):
+    bad.write_text("a,label\n" + "".join(f"{i},{'xy'[i % 2]}\n" for i in range(30)) + "1.5 kg,x\n")
+    with pytest.raises(DataError, match=r"row 31.*'1.5 kg'"):
         bigmodel.train(
             "tabular-csv", output=tmp_path / "runs", progress=False, **{"data.source": f"csv:{bad}"}
         )

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 import bigmodel
 from bigmodel.errors import RecipeError
 from bigmodel.models.bert import Bert, BertConfig
-from bigmodel.tasks import TextClassifier
-from bigmodel.train import loop
+from bigmodel.tasks.heads import TextModel
+from bigmodel.training import loop
 from helpers import minilm_folder, write_text_csv, write_tiny_bert
 
 
@@ -42,13 +42,14 @@ def test_fine_tuning_learns_the_topics(trained):
     assert run.metrics["validation"]["accuracy"] >= 0.9
     spec = json.loads((run.path / "model.json").read_text())
     assert spec["family"] == "bert" and spec["config"]["dropout"] == 0.1  # the recipe overrides the config
-    assert spec["head"] == {"task": "text_classification", "num_outputs": 2, "dropout": 0.1}
+    assert spec["format"] == 1 and "head" not in spec  # the head belongs to the task (task.json)
     weights = load_file(run.path / "model.safetensors")
     assert {"head.weight", "head.bias", "backbone.pooler.weight", "backbone.embed.weight"} <= weights.keys()
     assert (run.path / "tokenizer.json").is_file()
-    data = json.loads((run.path / "data.json").read_text())
-    assert data["text"] == "text" and data["max_length"] == 24
-    assert data["task"]["name"] == "text_classification"
+    task = json.loads((run.path / "task.json").read_text())
+    assert task["name"] == "text_classification" and task["format"] == 1
+    assert task["data"]["text"] == "text" and task["data"]["max_length"] == 24
+    assert task["class_names"] == ["cooking", "sports"] and task["options"]["label_smoothing"] == 0.05
 
 
 def test_evaluate_and_predict_need_only_the_run_directory(trained, tmp_path):
@@ -96,9 +97,9 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, monkeypatch):
 
 def test_head_pools_cls_when_the_checkpoint_has_no_pooler():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, embed_dim=12, num_layers=1, num_heads=3, mlp_dim=7, add_pooler=False)
+    config = BertConfig(vocab_size=50, embed_dim=12, num_layers=1, num_heads=3, ffn_dim=7, add_pooler=False)
     backbone = Bert(config)
-    model = TextClassifier(backbone, num_outputs=3, dropout=0.0).eval()
+    model = TextModel(backbone, num_outputs=3, dropout=0.0).eval()
     ids, mask = torch.randint(0, 50, (2, 5)), torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])
     assert model.pooling == "cls"
     torch.testing.assert_close(model(ids, mask), model.head(backbone(ids, mask)[:, 0]))
@@ -111,8 +112,8 @@ def test_head_pools_cls_when_the_checkpoint_has_no_pooler():
             {"model": {"arch": "mlp", "pretrained": "x"}, "task": "classification", "data.text": None},
             "model.pretrained",
         ),
-        ({"model": {"arch": "gpt", "pretrained": "x"}}, "model.arch"),
-        ({"model": {"arch": "bert"}}, "model.pretrained"),
+        ({"model": {"arch": "mlp"}}, "model.arch"),
+        ({"model": {"arch": "bert", "vocab_size": 99}}, "model.vocab_size"),
         ({"data.text": None}, "data.text"),
         ({"task": "classification"}, "data.text"),
         ({"task": "classification", "data.text": None}, "model.pretrained"),

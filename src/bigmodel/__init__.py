@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import importlib
 
-# The stage packages bigmodel.train and bigmodel.evaluate share their names with the API functions
-# below. Import the packages first so Python binds them now, then rebind the names to the functions;
-# later imports of their submodules (bigmodel.train.loop) no longer touch these attributes.
-from bigmodel import evaluate as _evaluate_stage  # noqa: F401
-from bigmodel import train as _train_stage  # noqa: F401
+# The stage packages are bigmodel.training and bigmodel.evaluation, so the API functions train and
+# evaluate shadow no subpackage: `import bigmodel.evaluation.metrics` works beside bigmodel.evaluate().
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "load_recipe": "bigmodel.pipeline",
     "load": "bigmodel.pipeline",
+    "fit": "bigmodel.pipeline",
+    "open_run": "bigmodel.pipeline",
     "Run": "bigmodel.pipeline",
+    "Task": "bigmodel.tasks",
     "Predictor": "bigmodel.serve",
     "create_model": "bigmodel.models.registry",
     "from_pretrained": "bigmodel.hub.pretrained",
     "save_pretrained": "bigmodel.hub.pretrained",
-    "load_tokenizer": "bigmodel.hub.tokenizers",
+    "load_tokenizer": "bigmodel.data.tokenizers",
     "generate": "bigmodel.models.generate",
     "beam_search": "bigmodel.models.generate",
     "UserError": "bigmodel.errors",
@@ -51,12 +51,13 @@ def train(recipe, output="runs", resume=None, progress=True, **overrides):
     return _train(recipe, output=output, resume=resume, progress=progress, **overrides)
 
 
-def evaluate(run, split="test"):
+def evaluate(run, split="test", model=None):
     """Evaluate a trained run on one split of its data; also recorded in the run's ``eval.json``.
 
     Args:
         run: a Run or a run directory.
         split: ``train``, ``validation`` or ``test``.
+        model: your own module, for a run made by :func:`fit` on one.
 
     Returns:
         dict: accuracy, macro precision/recall/F1, per-class table and confusion matrix
@@ -64,7 +65,7 @@ def evaluate(run, split="test"):
     """
     from bigmodel.pipeline import evaluate as _evaluate
 
-    return _evaluate(run, split)
+    return _evaluate(run, split, model=model)
 
 
 def __getattr__(name: str):

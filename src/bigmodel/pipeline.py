@@ -1,13 +1,14 @@
-"""The one module that wires the stages together: recipe → data → model → train → evaluate.
+"""The one module that wires the stages together: recipe → data → task → model → train → evaluate.
 
-Every stage reads and writes the run directory (see DESIGN.md), so ``evaluate`` and ``load`` work
-on any finished or interrupted run, on any machine.
+It knows no task: what a record means, the model's head, the loss and the metrics all come from the
+task (``tasks/``). Every stage reads and writes the run directory (see docs/design.md), so
+``evaluate`` and ``load`` work on any finished run, on any machine, through :func:`open_run`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,24 +17,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from bigmodel import recipe as recipes
-from bigmodel.data import Normalizer, load_source, split_indices
-from bigmodel.errors import DataError, RecipeError, RunDirError, did_you_mean
-from bigmodel.evaluate.metrics import scalar_metrics
+from bigmodel.data import SPLITS, ColumnRecords, Records, open_splits
+from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
+from bigmodel.evaluation.metrics import scalar_metrics
 from bigmodel.hub.files import load_weights, save_weights, write_json, write_text
-from bigmodel.hub.pretrained import PretrainedError, from_pretrained, resolve_folder
-from bigmodel.hub.tokenizers import TextTokenizer, TokenizerError, load_tokenizer
-from bigmodel.models.base import predict_outputs
-from bigmodel.models.registry import all_families, build_config, get_family
+from bigmodel.models.registry import get_family
 from bigmodel.recipe import Recipe
 from bigmodel.serve import Predictor
-from bigmodel.tasks import ClassificationTask, TextClassifier, create_task, restore_task
-from bigmodel.train.checkpoint import STATE_DIR
-from bigmodel.train.loop import fit
+from bigmodel.tasks import create_task, restore_task
+from bigmodel.training.checkpoint import STATE_DIR
+from bigmodel.training.loop import fit as fit_loop
+from bigmodel.training.validate import evaluate_records, resolve_device
 
-SPLITS = ("train", "validation", "test")
-TEXT_FAMILIES = ("bert",)  # families text_classification can fine-tune: encoders with a [CLS] vector
+MODEL_FORMAT = 1  # model.json's format version
+RUN_FILES = ("recipe.yaml", "model.json", "task.json", "data.json", "model.safetensors")
 
 
 @dataclass
@@ -52,164 +52,24 @@ class Run:
 
 
 def load_recipe(source: str | Path | Mapping | Recipe, **overrides: Any) -> Recipe:
-    """Load a recipe (path, shipped name or dict) with overrides and check its model options.
+    """Load a recipe (path, shipped name or dict) with overrides; check its model and task options.
 
     Overrides are dotted (``**{"train.epochs": 5}``) or nested (``train={"epochs": 5}``).
     """
     recipe = recipes.load_recipe(source, overrides)
     family = get_family(recipe.model.arch)
-    known = {f.name for f in dataclasses.fields(family.config_cls)}
+    known = family.config_fields()
     for key in recipe.model.options():
         if key not in known:
             raise RecipeError(
                 f"model.{key}: unknown option for model '{family.name}'. "
                 f"Allowed: {', '.join(sorted(known))}.{did_you_mean(key, known)}"
             )
-    _check_text_and_pretrained(recipe, family)
+    create_task(recipe).check(recipe, family)
     return recipe
 
 
-def _check_text_and_pretrained(recipe: Recipe, family) -> None:
-    """``model.pretrained`` and ``data.text`` come together, with task text_classification and bert."""
-    model, data, task = recipe.model, recipe.data, recipe.task.name
-    if model.pretrained is not None and "hf" not in family.formats:
-        able = [f.name for f in all_families() if "hf" in f.formats]
-        raise RecipeError(
-            f"model.pretrained: model '{family.name}' has no Hugging Face checkpoint format, so it cannot "
-            f"start from {model.pretrained!r}. Families that load one: {', '.join(able)}."
-        )
-    if task != "text_classification":
-        if data.text is not None:
-            raise RecipeError(
-                f"data.text: only task text_classification reads a text column (the task is {task}). "
-                "Set task: text_classification, or remove data.text."
-            )
-        if model.pretrained is not None:
-            raise RecipeError(
-                f"model.pretrained: fine-tuning a pretrained checkpoint is supported for task "
-                f"text_classification (with model.arch bert); the task is {task}."
-            )
-        return
-    if family.name not in TEXT_FAMILIES:
-        raise RecipeError(
-            f"model.arch: task text_classification needs a text encoder: {', '.join(TEXT_FAMILIES)} "
-            f"(got '{family.name}')."
-        )
-    if data.text is None:
-        raise RecipeError("data.text: task text_classification needs the name of the text column.")
-    if data.features:
-        raise RecipeError("data.features: task text_classification reads only data.text; remove it.")
-    if model.pretrained is None:
-        raise RecipeError(
-            "model.pretrained: task text_classification fine-tunes a pretrained checkpoint; set it to a "
-            "Hugging Face folder or Hub repo id (its tokenizer turns the text into tokens)."
-        )
-
-
-# --- data ------------------------------------------------------------------------------------------
-
-
-def _split_data(recipe: Recipe, task, fit_task: bool):
-    """Load the source and split it; fit the task's label vocabulary/scaling on the train split."""
-    cfg = recipe.data
-    if not cfg.source.startswith("builtin:") and cfg.label is None:
-        raise RecipeError(
-            f"data.label: required for {cfg.source.split(':')[0]} sources; name the target column."
-        )
-    table = load_source(cfg.source, cfg.features, cfg.label, cfg.text)
-    strata = np.asarray([str(t) for t in table.targets]) if isinstance(task, ClassificationTask) else None
-    indices = split_indices(len(table.features), cfg.split.validation, cfg.split.test, recipe.seed, strata)
-    if fit_task:
-        task.fit(table.targets[indices["train"]])
-    return table, indices
-
-
-def _tensors(table, indices, normalizer, tokenizer, max_length, task, name) -> tuple[torch.Tensor, ...]:
-    """One split as ``(*inputs, targets)``: normalised features, or token ids and attention mask
-    (padded to the split's longest text, truncated at ``max_length``)."""
-    idx = indices[name]
-    if tokenizer is None:
-        inputs = (torch.from_numpy(normalizer(table.features[idx])),)
-    else:
-        batch = tokenizer.encode(list(table.texts[idx]), max_length=max_length, return_token_type_ids=False)
-        inputs = (batch["input_ids"], batch["attention_mask"])
-    return (*inputs, task.encode(table.targets[idx], where=f"{name} split"))
-
-
-def _score(model, task, *data: torch.Tensor) -> dict:
-    *inputs, targets = data
-    outputs = predict_outputs(model, *inputs)
-    return {**task.metrics(outputs, targets), "loss": float(task.loss(outputs, targets))}
-
-
-# --- model -----------------------------------------------------------------------------------------
-
-
-def _pretrained_text_model(recipe: Recipe, task) -> tuple[torch.nn.Module, TextTokenizer]:
-    """The ``model.pretrained`` backbone (other model keys override its config) with the task's head,
-    and the checkpoint's tokenizer."""
-    try:
-        folder = resolve_folder(recipe.model.pretrained)
-    except PretrainedError as exc:
-        raise PretrainedError(f"model.pretrained: {exc}") from None
-    try:
-        tokenizer = load_tokenizer(folder)
-    except TokenizerError as exc:
-        raise RecipeError(
-            f"model.pretrained: {exc} A text model needs the tokenizer it was trained with, in its folder."
-        ) from None
-    backbone = from_pretrained(folder, **recipe.model.options())
-    family = get_family(recipe.model.arch)
-    if type(backbone) is not family.model_cls:
-        raise RecipeError(
-            f"model.arch: '{family.name}', but model.pretrained {recipe.model.pretrained!r} holds a "
-            f"{type(backbone).__name__} checkpoint."
-        )
-    config = backbone.config
-    if recipe.data.max_length > config.max_positions:
-        raise RecipeError(
-            f"data.max_length: {recipe.data.max_length} exceeds the model's {config.max_positions} positions."
-        )
-    if tokenizer.vocab_size > config.vocab_size:
-        raise RecipeError(
-            f"model.pretrained: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-            f"{config.vocab_size} embeddings; the folder's tokenizer does not belong to its weights."
-        )
-    return task.build_model(backbone), tokenizer
-
-
-def _rebuild_model(spec: dict) -> torch.nn.Module:
-    """The module model.json describes: a family model, or a text backbone with its task head."""
-    family = get_family(spec["family"])
-    model = family.model_cls(family.config_cls(**spec["config"]))
-    if "head" in spec:
-        head = dict(spec["head"])
-        if head.pop("task") != "text_classification":
-            raise RunDirError(f"model.json: unknown head {spec['head']!r}.")
-        model = TextClassifier(model, **head)
-    return model
-
-
 # --- train -----------------------------------------------------------------------------------------
-
-
-def _build_model(recipe: Recipe, task, table, resumed_run: Path | None):
-    """The model to train, its tokenizer (text tasks) and its model.json spec.
-
-    A resumed text run is rebuilt from its own run directory (the checkpoint supplies the weights),
-    never from the pretrained folder, which may have moved.
-    """
-    if recipe.data.text is None:
-        family = get_family(recipe.model.arch)
-        options = {"input_shape": table.feature_shape, "num_outputs": task.num_outputs}
-        config = build_config(family, {**options, **recipe.model.options()})
-        return family.model_cls(config), None, {"family": family.name, "config": dataclasses.asdict(config)}
-    if resumed_run is None:
-        model, tokenizer = _pretrained_text_model(recipe, task)
-        spec = {"family": recipe.model.arch, "config": dataclasses.asdict(model.backbone.config)}
-        return model, tokenizer, {**spec, "head": model.head_spec()}
-    spec = json.loads((resumed_run / "model.json").read_text(encoding="utf-8"))
-    return _rebuild_model(spec), load_tokenizer(resumed_run), spec
 
 
 def train(
@@ -232,7 +92,7 @@ def train(
         The :class:`Run`, with ``run.path`` and ``run.metrics``.
     """
     if resume is not None:
-        run_dir = _check_run_dir(resume, need=("recipe.yaml",))
+        run_dir = _check_run_dir(resume, need=("recipe.yaml", "model.json", "task.json", "data.json"))
         if overrides:
             raise RecipeError(
                 "--resume continues a run with its own recipe; overrides are not allowed with it."
@@ -240,53 +100,73 @@ def train(
         recipe = load_recipe(run_dir / "recipe.yaml")
     else:
         recipe = load_recipe(recipe, **overrides)
+    task = create_task(recipe)
+    splits, fingerprint = _open_data(recipe, task)
+    return _train(recipe, task, splits, fingerprint, Path(output), resume, progress)
 
-    task = create_task(recipe.task)
-    table, indices = _split_data(recipe, task, fit_task=True)
-    text = recipe.data.text
-    normalizer = Normalizer("none" if text else recipe.data.normalize).fit(table.features[indices["train"]])
-    torch.manual_seed(recipe.seed)  # weight initialisation
-    model, tokenizer, spec = _build_model(recipe, task, table, run_dir if resume is not None else None)
-    data = {
-        name: _tensors(table, indices, normalizer, tokenizer, recipe.data.max_length, task, name)
-        for name in SPLITS
-        if len(indices[name])
-    }
 
-    if resume is None:  # only now, with data and model checked, does the run directory appear
-        run_dir = _new_run_dir(Path(output), recipe.name)
+def _open_data(recipe: Recipe, task) -> tuple[dict[str, Records], str]:
+    splits, fingerprint = open_splits(recipe.data, recipe.seed, task.strata)
+    return {name: task.clean(records, name) for name, records in splits.items()}, fingerprint
+
+
+def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bool, module=None) -> Run:
+    """Fit the task, build (or rebuild) the model, train, evaluate, and fill the run directory."""
+    if resume is not None:
+        run_dir = Path(resume)
+        info = _read_json(run_dir / "data.json")
+        if info.get("fingerprint") != fingerprint:
+            raise DataError(
+                f"{recipe.data.source}: the data changed since this run started, so resuming would train on "
+                "other examples and another split. Resume with the original data, or start a new run."
+            )
+        model, task, _ = open_run(run_dir, model=module, weights=False)
+    else:
+        task.fit(splits["train"])
+        for name, records in splits.items():
+            task.validate(records, name)
+        for note in task.notes():
+            if progress:
+                print(f"note: {note}", flush=True)
+        torch.manual_seed(recipe.seed)  # weight initialisation
+        if module is None:
+            family = get_family(recipe.model.arch)
+            model = task.build_model(family, recipe.model.options(), recipe.model.pretrained)
+            spec = {"format": MODEL_FORMAT, "family": recipe.model.arch, "config": task.model_config(model)}
+        else:
+            model = module
+            spec = {"format": MODEL_FORMAT, "module": _qualified_name(module)}
+        # Only now, with data, task and model checked, does the run directory appear.
+        run_dir = _new_run_dir(output, recipe.name)
         write_text(run_dir / "recipe.yaml", recipes.to_yaml(recipe))
         write_json(run_dir / "model.json", spec)
-        if tokenizer is not None:
-            tokenizer.save(run_dir)
+        write_json(run_dir / "task.json", task.state())
+        task.save(run_dir)
         write_json(
             run_dir / "data.json",
             {
                 "source": recipe.data.source,
-                "fingerprint": table.fingerprint,
-                "feature_names": table.feature_names,
-                "input_shape": list(table.feature_shape),
-                "normalizer": normalizer.to_dict(),
-                "task": task.state(),
-                "split_sizes": {name: len(idx) for name, idx in indices.items()},
-                **({"text": text, "max_length": recipe.data.max_length} if text else {}),
-            },
+                "fingerprint": fingerprint,
+                "notes": task.notes(),
+                "split_sizes": {name: len(records) for name, records in splits.items()},
+            },  # fmt: skip
         )
 
-    result = fit(
-        model,
-        task,
-        data["train"],
-        data.get("validation"),
-        recipe.train,
-        run_dir,
-        recipe.seed,
-        resume=resume is not None,
-        show_progress=progress,
-    )
+    result = fit_loop(
+        model, task, splits["train"], splits.get("validation"), recipe.train, run_dir, recipe.seed,
+        resume=resume is not None, show_progress=progress,
+    )  # fmt: skip
     save_weights(model, run_dir / "model.safetensors")
 
-    report = {name: _score(model, task, *tensors) for name, tensors in data.items() if name != "train"}
+    device = next(model.parameters()).device
+    eval_batch_size = recipe.train.eval_batch_size or (
+        256 if recipe.train.batch_size == "all" else recipe.train.batch_size
+    )
+    report = {
+        name: evaluate_records(model, task, records, eval_batch_size, device, recipe.train.num_workers)
+        for name, records in splits.items()
+        if name != "train"
+    }
     write_json(run_dir / "eval.json", report)
     metrics = {
         "train": {
@@ -316,12 +196,90 @@ def _new_run_dir(output: Path, name: str) -> Path:
     raise RunDirError(f"{output / name}: could not create a new run directory.")
 
 
-# --- evaluate and predict --------------------------------------------------------------------------
+# --- your own module on your own arrays --------------------------------------------------------------
 
 
-def _check_run_dir(
-    path: str | Path, need=("recipe.yaml", "model.json", "data.json", "model.safetensors")
-) -> Path:
+def fit(
+    module: nn.Module,
+    x,
+    y,
+    task: str = "classification",
+    validation: float = 0.1,
+    test: float = 0.0,
+    epochs: int = 10,
+    batch_size: int | str = 32,
+    lr: float = 1e-3,
+    optimizer: str = "adamw",
+    normalize: str = "none",
+    seed: int = 0,
+    name: str = "fit",
+    output: str | Path = "runs",
+    progress: bool = True,
+    **train: Any,
+) -> Run:
+    """Train your own ``nn.Module`` on your own arrays, the way Keras' ``model.fit`` does.
+
+    Args:
+        module: called as ``module(x_batch)``; returns ``(B, classes)`` logits (classification) or
+            ``(B, 1)`` (regression).
+        x: features, an array (or tensor) ``(N, ...)``.
+        y: labels or targets ``(N,)``.
+        task: ``classification`` or ``regression`` (or another task that reads rows).
+        validation, test: fractions held out (stratified for classification).
+        epochs, batch_size, lr, optimizer, seed: as in a recipe's ``train`` section.
+        normalize: ``none`` (your module sees x as given), ``standard`` or ``global`` (fitted on train).
+        name, output: the run directory is ``output/name/<timestamp>``.
+        **train: any other ``train`` field of a recipe (``grad_clip=1.0``, ``early_stopping={...}``).
+
+    Returns:
+        The :class:`Run`; ``bigmodel.load(run, model=module)`` predicts with it.
+    """
+    if not isinstance(module, nn.Module):
+        raise UserError(f"module: expected a torch.nn.Module, got {type(module).__name__}.")
+    x = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
+    y = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y)
+    if x.ndim < 2 or len(x) != len(y) or y.ndim != 1:
+        raise DataError(
+            f"x, y: expected x of shape (N, ...) and y of shape (N,); got {x.shape} and {y.shape}."
+        )
+    recipe = load_recipe(
+        {
+            "name": name,
+            "seed": seed,
+            "data": {
+                "source": "memory:arrays",
+                "features": ["x"],
+                "label": "label",
+                "normalize": normalize,
+                "split": {"validation": validation, "test": test},
+            },  # fmt: skip
+            "task": task,
+            "model": {"arch": "mlp"},  # a placeholder the task checks against; the module is yours
+            "train": {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "optimizer": {"name": optimizer, "lr": lr},
+                **train,
+            },
+        }
+    )
+    task_ = create_task(recipe)
+    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes() + y.astype(str).tobytes()).hexdigest()
+    records = ColumnRecords({"x": x.astype(np.float32), "label": y.tolist()}, "arrays", digest)
+    splits, fingerprint = open_splits(recipe.data, recipe.seed, task_.strata, given={"data": records})
+    splits = {n: task_.clean(r, n) for n, r in splits.items()}
+    return _train(recipe, task_, splits, fingerprint, Path(output), None, progress, module=module)
+
+
+def _qualified_name(module: nn.Module) -> str:
+    cls = type(module)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+# --- open a run: evaluate and predict ---------------------------------------------------------------
+
+
+def _check_run_dir(path: str | Path, need=RUN_FILES) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"{path}: no such run directory. Runs are made by 'bigmodel train' under ./runs/.")
@@ -336,26 +294,54 @@ def _check_run_dir(
     return path
 
 
-def _open_run(path: str | Path):
-    """Rebuild the trained model, fitted task and normaliser from a run directory."""
-    run_dir = _check_run_dir(path)
+def _read_json(path: Path) -> dict:
     try:
-        info = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))
-        spec = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RunDirError(f"{run_dir}: damaged metadata file: {exc}.") from None
-    model = _rebuild_model(spec)
-    load_weights(model, run_dir / "model.safetensors")
-    tokenizer = None
-    if info.get("text"):
-        if not (run_dir / "tokenizer.json").is_file():
-            raise RunDirError(f"{run_dir}: a text run, but it lacks tokenizer.json.")
-        tokenizer = load_tokenizer(run_dir)
-    normalizer = Normalizer.from_dict(info["normalizer"])
-    return run_dir, model.eval(), restore_task(info["task"]), normalizer, tokenizer, info
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: damaged or unreadable ({exc}).") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: damaged: expected a JSON object, found {type(data).__name__}.")
+    return data
 
 
-def evaluate(run: Run | str | Path, split: str = "test") -> dict:
+def open_run(
+    path: str | Path, model: nn.Module | None = None, weights: bool = True
+) -> tuple[nn.Module, Any, dict]:
+    """Rebuild a run's model and fitted task from its directory alone.
+
+    Args:
+        path: the run directory (or a :class:`Run`).
+        model: your own module, for a run trained with :func:`fit` on a module bigmodel cannot rebuild.
+        weights: load ``model.safetensors`` (False for a run being resumed: the checkpoint has them).
+
+    Returns:
+        ``(model, task, info)``: the module in eval mode, the fitted task, and ``info`` (``run_dir``,
+        ``recipe``, data.json's fields).
+    """
+    run_dir = _check_run_dir(path.path if isinstance(path, Run) else path,
+                             RUN_FILES if weights else RUN_FILES[:-1])  # fmt: skip
+    spec, state, info = (_read_json(run_dir / name) for name in ("model.json", "task.json", "data.json"))
+    if spec.get("format") != MODEL_FORMAT:
+        raise RunDirError(
+            f"{run_dir / 'model.json'}: format {spec.get('format')!r}; this version of bigmodel reads format "
+            f"{MODEL_FORMAT}. Retrain the run with this version."
+        )
+    task = restore_task(state, run_dir)
+    if "module" in spec:
+        if model is None:
+            raise RunDirError(
+                f"{run_dir}: trained on your own module {spec['module']}; "
+                "pass it: bigmodel.load(run, model=...)."
+            )
+    elif model is None:
+        model = task.build_model(get_family(spec["family"]), spec["config"], None)
+    if weights:
+        load_weights(model, run_dir / "model.safetensors")
+    recipe = recipes.load_recipe(run_dir / "recipe.yaml")
+    return model.eval(), task, {**info, "run_dir": run_dir, "recipe": recipe}
+
+
+def evaluate(run: Run | str | Path, split: str = "test", model: nn.Module | None = None) -> dict:
     """Evaluate a trained run on one split of its own data and record it in ``eval.json``.
 
     Returns:
@@ -365,36 +351,32 @@ def evaluate(run: Run | str | Path, split: str = "test") -> dict:
         raise RunDirError(
             f"--split: unknown split {split!r}. Allowed: {', '.join(SPLITS)}.{did_you_mean(split, SPLITS)}"
         )
-    run_dir, model, task, normalizer, tokenizer, info = _open_run(run.path if isinstance(run, Run) else run)
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    table, indices = _split_data(recipe, task, fit_task=False)
-    if table.fingerprint != info["fingerprint"]:
+    model, task, info = open_run(run, model=model)
+    recipe, run_dir = info["recipe"], info["run_dir"]
+    if recipe.data.source.startswith("memory:"):
+        raise RunDirError(
+            f"{run_dir}: trained on in-memory arrays (bigmodel.fit); its eval.json has its metrics."
+        )
+    splits, fingerprint = _open_data(recipe, task)
+    if fingerprint != info["fingerprint"]:
         raise DataError(
             f"{recipe.data.source}: the data changed since this run was trained, so its '{split}' split "
             f"would not be the held-out one. Evaluate on the original file."
         )
-    if not len(indices[split]):
+    if split not in splits:
         raise RecipeError(
             f"--split {split}: this run's recipe holds out no {split} data (data.split.{split} = 0)."
         )
-    tensors = _tensors(table, indices, normalizer, tokenizer, info.get("max_length"), task, split)
-    metrics = _score(model, task, *tensors)
+    device = resolve_device(recipe.train.device)
+    model.to(device)
+    metrics = evaluate_records(model, task, splits[split], recipe.train.eval_batch_size or 256, device)
     path = run_dir / "eval.json"
     report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     write_json(path, {**report, split: metrics})
     return metrics
 
 
-def load(run: Run | str | Path) -> Predictor:
-    """Load a trained run for prediction: ``bigmodel.load(path).predict(rows)``."""
-    _, model, task, normalizer, tokenizer, info = _open_run(run.path if isinstance(run, Run) else run)
-    return Predictor(
-        model,
-        task,
-        normalizer,
-        info["feature_names"],
-        tuple(info["input_shape"]),
-        tokenizer=tokenizer,
-        text=info.get("text"),
-        max_length=info.get("max_length"),
-    )
+def load(run: Run | str | Path, model: nn.Module | None = None) -> Predictor:
+    """Load a trained run for prediction: ``bigmodel.load(path).predict(inputs)``."""
+    model, task, _ = open_run(run, model=model)
+    return Predictor(model, task)

@@ -16,8 +16,8 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from bigmodel.data.tokenizers import load_tokenizer  # noqa: E402
 from bigmodel.hub.pretrained import from_pretrained, save_pretrained  # noqa: E402
-from bigmodel.hub.tokenizers import load_tokenizer  # noqa: E402
 
 SENTENCES = [
     "A man is playing a guitar.",

@@ -175,6 +175,30 @@ def test_unsupported_option_is_named(tmp_path):
         from_pretrained(tmp_path)
 
 
+def test_special_tokens_outside_a_smaller_vocabulary_load_with_a_warning(tmp_path):
+    """A GPT-2 config with a custom small vocabulary keeps GPT-2's bos/eos 50256: transformers loads it
+    with a warning, so do we, and the logits are the same (generation then simply never meets them)."""
+    from bigmodel.models.generate import generate
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=24, n_head=2, n_layer=2, n_positions=16)
+    assert config.eos_token_id == config.bos_token_id == 50256
+    ref = transformers.GPT2LMHeadModel(config).eval()
+    ref.save_pretrained(tmp_path / "hf")
+    with pytest.warns(UserWarning, match=r"_token_id=50256 is outside the vocabulary \[0, 97\)") as seen:
+        model = from_pretrained(tmp_path / "hf")
+    assert {str(w.message).split("=")[0] for w in seen} == {
+        "GPTConfig: bos_token_id",
+        "GPTConfig: eos_token_id",
+    }
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref(ids).logits, atol=1e-5, rtol=0)
+    assert generate(model, ids[:, :3], max_new_tokens=4).shape == (2, 7)  # runs to the end
+    save_pretrained(model, tmp_path / "native")  # written back as published
+    assert json.loads((tmp_path / "native" / "config.json").read_text())["eos_token_id"] == 50256
+
+
 def test_weights_that_do_not_fit_the_config(tmp_path):
     reference().save_pretrained(tmp_path)
     tiny_config(intermediate_size=31).save_pretrained(tmp_path)  # config.json now disagrees

@@ -149,7 +149,7 @@ def test_config_round_trip(preset, overrides):
     # ... and transformers reads the same numbers.
     ref = transformers.BertConfig(**{k: v for k, v in published.items() if k != "model_type"})
     assert (ref.hidden_size, ref.num_attention_heads, ref.intermediate_size) == (
-        model.config.embed_dim, model.config.num_heads, model.config.mlp_dim,
+        model.config.embed_dim, model.config.num_heads, model.config.ffn_dim,
     )  # fmt: skip
 
 

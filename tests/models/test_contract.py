@@ -27,6 +27,22 @@ def test_every_family_has_a_tiny_preset_and_example_input():
         assert family.example_input is not None, f"{family.name} has no example_input"
 
 
+# One name per concept across families; a recipe's `model.dropout` works whatever the arch.
+RETIRED_NAMES = {
+    "mlp_dim", "hidden_dim", "layer_norm_epsilon", "initializer_range", "tie_word_embeddings", "tie_output",
+    "resid_dropout",
+}  # fmt: skip
+
+
+def test_every_family_speaks_one_vocabulary():
+    for family in all_families():
+        names = {f.name for f in dataclasses.fields(family.config_cls)}
+        assert "dropout" in names, f"{family.name} has no dropout"
+        assert not names & RETIRED_NAMES, f"{family.name}: {sorted(names & RETIRED_NAMES)}"
+        preset = family.tiny_presets[0]
+        assert create_model(preset, dropout=0.25).config.dropout == 0.25
+
+
 @pytest.mark.parametrize(("family", "preset"), TINY, ids=[p for _, p in TINY])
 def test_tiny_preset_contract(family, preset, tmp_path):
     torch.manual_seed(0)

@@ -56,7 +56,7 @@ def test_bert_counted_flops_match_the_palm_count():
     attention, so every query sees all T keys in both counts."""
     B, T = 2, 64
     model = create_model(
-        "bert", vocab_size=1000, max_positions=128, embed_dim=256, num_heads=4, num_layers=2, mlp_dim=1024,
+        "bert", vocab_size=1000, max_positions=128, embed_dim=256, num_heads=4, num_layers=2, ffn_dim=1024,
         add_pooler=False,
     )  # fmt: skip
     c = model.config

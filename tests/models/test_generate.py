@@ -270,10 +270,9 @@ def test_beam_search_is_exact_when_the_beam_holds_everything():
             embed_dim=12,
             num_heads=2,
             num_layers=1,
-            initializer_range=1.0,
-            embed_dropout=0,
+            init_std=1.0,
+            dropout=0,
             attn_dropout=0,
-            resid_dropout=0,
         )
     ).eval()
     prompt = torch.tensor([[1, 4]])

@@ -140,7 +140,8 @@ def test_config_round_trips():
         **HF_TINY, resid_pdrop=0.2, embd_pdrop=0.0, attn_pdrop=0.05, layer_norm_epsilon=1e-6
     )
     native = HF.config_from(hf_config.to_dict())
-    assert native["hidden_dim"] == 37 and native["embed_dropout"] == 0.0 and native["resid_dropout"] == 0.2
+    assert native["ffn_dim"] == 37 and native["dropout"] == 0.2 and native["embed_dropout"] == 0.0
+    assert native["norm_eps"] == 1e-6 and native["attn_dropout"] == 0.05
     config = GPTConfig(**native)
     back = HF.config_to(config)
     rebuilt = GPT2Config(**back)  # HF accepts what we write
@@ -149,8 +150,19 @@ def test_config_round_trips():
                 "eos_token_id", "bos_token_id"):  # fmt: skip
         assert getattr(rebuilt, key) == getattr(hf_config, key), key
     assert GPTConfig(**HF.config_from(back)) == config
-    assert HF.config_from({"model_type": "gpt2", "n_inner": None})["hidden_dim"] is None  # 4 x n_embd
+    assert HF.config_from({"model_type": "gpt2", "n_inner": None})["ffn_dim"] is None  # 4 x n_embd
     assert GPTConfig(**HF.config_from(GPT2Config().to_dict())) == GPTConfig(**FAMILY.presets["gpt2"])
+
+
+def test_dropout_is_one_rate_unless_the_published_ones_differ():
+    same = HF.config_from(GPT2Config(**HF_TINY, resid_pdrop=0.2, embd_pdrop=0.2, attn_pdrop=0.0).to_dict())
+    assert same["dropout"] == 0.2 and same["embed_dropout"] is None and same["attn_dropout"] == 0.0
+    model = GPT(GPTConfig(**same))
+    assert model.drop.p == model.blocks[0].drop.p == 0.2  # `dropout` governs embeddings and residuals
+    assert HF.config_to(model.config)["embd_pdrop"] == 0.2
+    differ = GPT(GPTConfig(**{**same, "embed_dropout": 0.0}))
+    assert differ.drop.p == 0.0 and differ.blocks[0].drop.p == 0.2
+    assert HF.config_to(differ.config)["embd_pdrop"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -237,11 +249,13 @@ def test_flops_per_token_follows_palm():
 def test_config_validation_and_limits():
     with pytest.raises(ValueError, match="not divisible"):
         GPTConfig(embed_dim=36, num_heads=5)
-    with pytest.raises(ValueError, match="eos_token_id"):
-        GPTConfig(vocab_size=10, eos_token_id=10)
+    with pytest.warns(UserWarning, match="eos_token_id=10 is outside the vocabulary"):
+        GPTConfig(vocab_size=10, eos_token_id=10)  # generation never meets it: a warning, not an error
+    with pytest.raises(ValueError, match="dropout"):
+        GPTConfig(dropout=1.0)
     with pytest.raises(ValueError, match="activation"):
         GPTConfig(activation="swish2")
-    assert dataclasses.asdict(GPTConfig())["hidden_dim"] is None and GPTConfig().ffn_dim == 3072
+    assert dataclasses.asdict(GPTConfig())["ffn_dim"] == 3072  # None resolves to 4 * embed_dim
     model = create_model("gpt-tiny")
     with pytest.raises(ValueError, match="max_positions"):
         model(torch.zeros(1, 33, dtype=torch.long))

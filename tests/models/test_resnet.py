@@ -162,6 +162,19 @@ def test_torchvision_layout_parity_and_round_trip(preset, overrides):
     assert int(saved["bn1.num_batches_tracked"]) == int(published["bn1.num_batches_tracked"]) + 1
 
 
+def test_headless_model_reads_the_trunk_of_a_classifier_checkpoint():
+    """``num_outputs=0`` loads a torchvision classifier without its ``fc`` and saves the trunk alone."""
+    config = build_config(FAMILY, {**FAMILY.presets["resnet-tiny"], "dropout": 0.0})
+    ref = randomize(reference_for(config)).eval()
+    headless = build_config(FAMILY, {**FAMILY.presets["resnet-tiny"], "dropout": 0.0, "num_outputs": 0})
+    model = load_native(headless, ref.state_dict()).eval()
+    x = torch.randn(3, *config.input_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(ref.fc(model(x)), ref(x), atol=1e-5, rtol=1e-5)
+    saved = to_published(TORCHVISION, headless, model.state_dict())
+    assert saved.keys() == ref.state_dict().keys() - {"fc.weight", "fc.bias"}
+
+
 def test_torchvision_layout_keys_for_resnet50():
     """The key map names torchvision's resnet50 tensors, including projections only where they sit."""
     config = build_config(FAMILY, FAMILY.presets["resnet50"])
@@ -271,7 +284,7 @@ def test_gradients_reach_every_parameter():
     "overrides, field",
     [
         ({"input_shape": (32, 32)}, "input_shape"),
-        ({"num_outputs": 0}, "num_outputs"),
+        ({"num_outputs": -1}, "num_outputs"),
         ({"block": "wide"}, "block"),
         ({"layers": []}, "layers"),
         ({"layers": [2, 0]}, "layers"),

@@ -183,7 +183,7 @@ def test_example_input_runs():
         ({"input_size": 3, "dropout": -0.1}, "dropout"),
         ({"input_size": 3, "head": "span"}, "head"),
         ({"input_size": 3, "pooling": "max"}, "pooling"),
-        ({"input_size": 3, "num_outputs": 0}, "num_outputs"),
+        ({"input_size": 3, "num_outputs": -1}, "num_outputs"),
     ],
 )
 def test_config_errors_name_the_field(overrides, field):

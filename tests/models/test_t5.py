@@ -221,6 +221,47 @@ def test_loader_names_a_missing_untied_head():
         from_published(HF, model.config, state, model.state_dict())
 
 
+# --- encoder-only (T5EncoderModel) -------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_encoder_only_matches_t5_encoder_model_and_saves_back(tmp_path):
+    from bigmodel.hub.pretrained import from_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    ref = transformers.T5EncoderModel(transformers.T5Config(**HF_COMMON, **VERSIONS["v1.1"])).eval()
+    ref.save_pretrained(tmp_path / "hf")
+    model = from_pretrained(tmp_path / "hf")
+    assert model.encoder_only and model.config.num_decoder_layers == 0
+    ids, mask, _ = batch()
+    expected = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(model.encode(ids, mask), expected, atol=ATOL, rtol=0)
+
+    save_pretrained(model, tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["architectures"] == ["T5EncoderModel"]
+    assert T5Config(**HF.config_from(config)) == model.config
+    again, info = transformers.T5EncoderModel.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    got = again.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_full_checkpoint_loads_as_an_encoder(tmp_path):
+    """``num_decoder_layers=0`` reads the encoder of a T5ForConditionalGeneration folder, as
+    transformers' T5EncoderModel does: the decoder and lm_head are left unread."""
+    from bigmodel.hub.pretrained import from_pretrained
+
+    hf = hf_model("v1.1")
+    hf.save_pretrained(tmp_path)
+    model = from_pretrained(tmp_path, num_decoder_layers=0)
+    assert model.decoder is None and model.head is None
+    ids, mask, _ = batch()
+    expected = hf.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(model.encode(ids, mask), expected, atol=ATOL, rtol=0)
+
+
 # --- model behaviour ---------------------------------------------------------------------------------
 
 
@@ -256,12 +297,20 @@ def test_tying_and_presets():
         ({"relative_buckets": 7}, "relative_buckets"),
         ({"relative_max_distance": 16}, "relative_max_distance"),
         ({"dropout": 1.0}, "dropout"),
-        ({"decoder_start_token_id": 32128}, "decoder_start_token_id"),
+        ({"num_decoder_layers": -1}, "num_decoder_layers"),
     ],
 )
 def test_config_validation(override, message):
     with pytest.raises(ValueError, match=message):
         T5Config(**override)
+
+
+def test_special_token_outside_the_vocabulary_warns():
+    """transformers loads such a config; so do we, saying what the id can no longer do."""
+    with pytest.warns(UserWarning, match="decoder_start_token_id=32128 .* encode is unaffected"):
+        T5Config(decoder_start_token_id=32128)
+    with pytest.warns(UserWarning, match="eos_token_id=40000"):
+        T5Config(eos_token_id=40000)
 
 
 # --- generation, token for token against transformers ----------------------------------------------

@@ -133,6 +133,21 @@ def test_saved_layout_loads_into_torch_transformer():
     torch.testing.assert_close(k, model.encoder.blocks[0].attn.k.weight, atol=0, rtol=0)
 
 
+@torch.no_grad()
+def test_encoder_only_reads_and_writes_the_encoder_side_of_the_layout():
+    full_config = tiny_config(final_norm=True)
+    torch.manual_seed(2)
+    full = Transformer(full_config).eval()
+    published = to_published(TORCH, full_config, full.state_dict())
+    config = tiny_config(final_norm=True, num_decoder_layers=0)
+    model = Transformer(config).eval()
+    model.load_state_dict(from_published(TORCH, config, published, model.state_dict()))  # target side unread
+    src = torch.randint(3, config.vocab_size, (B, S))
+    torch.testing.assert_close(model.encode(src), full.encode(src), atol=0, rtol=0)
+    saved = to_published(TORCH, config, model.state_dict())
+    assert saved.keys() == {k for k in published if k.startswith(("src_tok_emb.", "transformer.encoder."))}
+
+
 # --- incremental decoding ---------------------------------------------------------------------------
 
 
@@ -214,12 +229,17 @@ def test_training_mode_applies_dropout():
         ({"tgt_vocab_size": 50}, "share_embeddings"),
         ({"activation": "swish"}, "activation"),
         ({"dropout": -0.1}, "dropout"),
-        ({"vocab_size": 3, "share_embeddings": False, "tgt_vocab_size": 2}, "eos_token_id"),
+        ({"num_decoder_layers": -1}, "num_decoder_layers"),
     ],
 )
 def test_config_validation(overrides, message):
     with pytest.raises(ValueError, match=message):
         TransformerConfig(**overrides)
+
+
+def test_special_token_outside_the_target_vocabulary_warns():
+    with pytest.warns(UserWarning, match="eos_token_id=2 is outside the vocabulary"):
+        TransformerConfig(vocab_size=3, share_embeddings=False, tgt_vocab_size=2)
 
 
 @pytest.mark.parametrize("preset", ["transformer-tiny", "transformer-tiny-prenorm"])

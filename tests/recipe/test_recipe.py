@@ -70,7 +70,7 @@ train: {optimizer: adamw, schedule: cosine}
 """,
     )
     r = load_recipe(path)
-    assert r.task.name == "regression" and r.task.loss == "mse"
+    assert r.task.name == "regression" and r.task.options() == {}  # the task validates its options
     assert r.train.optimizer.name == "adamw" and r.train.optimizer.lr == pytest.approx(1e-3)
     assert r.train.schedule.name == "cosine" and r.train.schedule.warmup_steps == 0
 
@@ -215,12 +215,29 @@ def test_missing_required_field():
     [
         ({"train.optimizer": "adamx"}, "train.optimizer.name", "'adamx'", "rmsprop", "adam"),
         ({"train.schedule": "cosin"}, "train.schedule.name", "'cosin'", "linear", "cosine"),
-        ({"task": "regresion"}, "task.name", "'regresion'", "classification", "regression"),
-        ({"task.loss": "maee"}, "task.loss", "'maee'", "mse", "mae"),
     ],
 )
 def test_unknown_names(override, field, bad, allowed, suggestion):
     msg = error_of(BASE, override)
+    assert field in msg and bad in msg and allowed in msg
+    assert f"Did you mean '{suggestion}'?" in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "bad", "allowed", "suggestion"),
+    [
+        ({"task": "regresion"}, "task.name", "'regresion'", "classification", "regression"),
+        ({"task": {"name": "regression", "loss": "maee"}}, "task.loss", "'maee'", "mse", "mae"),
+        ({"task": {"name": "regression", "los": "mae"}}, "task.los", "'los'", "loss", "loss"),
+    ],
+)
+def test_unknown_task_names_and_options(override, field, bad, allowed, suggestion):
+    """Task names and options are checked when the pipeline builds the task (recipe/ has no torch)."""
+    import bigmodel
+
+    with pytest.raises(RecipeError) as info:
+        bigmodel.load_recipe(BASE, **override)
+    msg = str(info.value)
     assert field in msg and bad in msg and allowed in msg
     assert f"Did you mean '{suggestion}'?" in msg
 

@@ -1,17 +1,17 @@
-"""Data: sources → table → deterministic splits → normalisation → resumable batches."""
+"""Data: sources → records → deterministic splits; the dataset that encodes examples lazily, the
+resumable sampler, tokenizers and the tabular feature encoder."""
 
-from bigmodel.data.loader import BatchLoader, batches
-from bigmodel.data.sources import Table, columns_from_records, load_source, table_from_columns
+from bigmodel.data.records import ColumnRecords, HFRecords, Records, records_from_rows
+from bigmodel.data.sources import SPLITS, load_source, open_splits
 from bigmodel.data.splits import split_indices
-from bigmodel.data.transforms import Normalizer
 
 __all__ = [
-    "BatchLoader",
-    "batches",
-    "Normalizer",
-    "Table",
-    "columns_from_records",
+    "SPLITS",
+    "ColumnRecords",
+    "HFRecords",
+    "Records",
     "load_source",
+    "open_splits",
+    "records_from_rows",
     "split_indices",
-    "table_from_columns",
 ]

@@ -1,9 +1,9 @@
-"""Data sources: turn ``data.source`` into a :class:`Table` of features and raw targets.
+"""Data sources: turn ``data.source`` (and ``data.validation``/``data.test``) into :class:`Records`.
 
 ``builtin:NAME`` reads the real data sets bundled with scikit-learn (handwritten digits, iris, wine,
-breast cancer, diabetes); ``csv:``, ``jsonl:`` and ``parquet:`` read tabular files with declared
-feature and label columns, or a text column (``data.text``) kept as raw strings for a tokenizer.
-Every problem with a file names the file, the row and the column.
+breast cancer, diabetes); ``csv:``, ``jsonl:`` and ``parquet:`` read files as raw columns (the task
+decides what a value means); ``hf:NAME`` and ``hf-disk:PATH`` go through Hugging Face ``datasets``.
+Every problem with a file names the file and the line.
 """
 
 from __future__ import annotations
@@ -11,107 +11,111 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bigmodel.errors import DataError, did_you_mean
+from bigmodel.data.records import ColumnRecords, HFRecords, Records, records_from_rows
+from bigmodel.data.splits import split_indices
+from bigmodel.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation",
+                  "test": "test"}  # fmt: skip
 
 
-@dataclass
-class Table:
-    """Records as arrays: ``features`` (N, *feature_shape) float32, ``targets`` (N,) raw labels and,
-    for text data, ``texts`` (N,) raw strings (then ``features`` is (N, 0))."""
-
-    features: np.ndarray
-    targets: np.ndarray | None
-    feature_names: list[str]
-    fingerprint: str  # sha256 of the bytes read, so a later stage can tell the data changed
-    texts: np.ndarray | None = None
-
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        return tuple(self.features.shape[1:])
-
-
-def load_source(
-    source: str, features: list[str] | None = None, label: str | None = None, text: str | None = None
-) -> Table:
+def load_source(source: str, subset: str | None = None) -> dict[str, Records]:
     """Read the records named by ``source`` (``SCHEME:WHAT``, validated by the recipe schema).
 
-    With ``text``, that column is read as strings and no feature columns are read.
+    Returns:
+        ``{"data": records}`` for one table, or the source's own splits (``train``, ``validation``,
+        ``test``) for a Hugging Face ``DatasetDict``.
     """
     scheme, _, what = source.partition(":")
     if scheme == "builtin":
-        if text is not None:
-            raise DataError(f"data.text: builtin data sets have no text column; {source!r} is numeric.")
-        return _builtin(what)
+        return {"data": _builtin(what)}
+    if scheme == "memory":
+        raise DataError(
+            f"data.source {source!r}: in-memory data exists only inside the Python call that made it."
+        )
+    if scheme in ("hf", "hf-disk"):
+        return _hf(scheme, what, subset, source)
     path = Path(what).expanduser()
     if not path.is_file():
         raise DataError(f"data.source: file not found: '{path}' (from {source!r}).")
     columns = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[scheme](path)
+    if not columns or not len(next(iter(columns.values()))):
+        raise DataError(f"{path}: no records found.")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return table_from_columns(columns, features, label, where=str(path), fingerprint=digest, text=text)
+    return {"data": ColumnRecords(columns, str(path), digest)}
 
 
-def table_from_columns(
-    columns: dict[str, list],
-    features: list[str] | None,
-    label: str | None,
-    where: str,
-    fingerprint: str = "",
-    text: str | None = None,
-) -> Table:
-    """Select and convert columns. ``label=None`` reads features only (for prediction); ``text``
-    reads that column as strings instead of numeric features."""
-    names = list(columns)
-    if not names or not len(columns[names[0]]):
-        raise DataError(f"{where}: no records found.")
-    for field, name in (("label", label), ("text", text)):
-        if name is not None and name not in columns:
-            raise DataError(
-                f"data.{field}: column '{name}' is not in {where}. "
-                f"Columns: {', '.join(names)}.{did_you_mean(name, names)}"
-            )
-    texts = None
-    if text is not None:
-        texts = np.asarray(["" if v is None else str(v) for v in columns[text]], dtype=object)
-        features = []
-    else:
-        features = features or [n for n in names if n != label]
-    for name in features:
-        if name not in columns:
-            raise DataError(
-                f"data.features: column '{name}' is not in {where}. "
-                f"Columns: {', '.join(names)}.{did_you_mean(name, names)}"
-            )
-    matrix = np.empty((len(columns[names[0]]), len(features)), dtype=np.float32)
-    for j, name in enumerate(features):
-        matrix[:, j] = _numeric_column(columns[name], name, where)
-    targets = None
-    if label is not None:
-        targets = np.asarray(columns[label], dtype=object)
-        missing = [i for i, v in enumerate(targets) if v is None or v == ""]
-        if missing:
-            raise DataError(f"{where}: row {missing[0] + 1}, column '{label}': the label is empty.")
-    return Table(matrix, targets, list(features), fingerprint, texts)
+def open_splits(
+    cfg, seed: int, strata=None, given: dict[str, Records] | None = None
+) -> tuple[dict[str, Records], str]:
+    """The train/validation/test records a recipe's ``data`` section describes, and their fingerprint.
+
+    A split comes from, in order: its own source (``data.validation``, ``data.test``), the source's
+    predefined split (a Hugging Face dataset's ``validation``/``test``), or a seeded share of the
+    training records (``data.split`` fractions; stratified by ``strata(records)`` when given).
+    ``given`` replaces reading ``data.source`` (in-memory records from the Python API).
+    """
+    main = given if given is not None else load_source(cfg.source, cfg.subset)
+    given = {}
+    for name, part in main.items():
+        alias = _SPLIT_ALIASES.get(name)
+        if alias is not None and alias not in given:
+            given[alias] = part
+    if "data" in main:
+        given["train"] = main["data"]
+    if "train" not in given:
+        raise DataError(f"data.source: {cfg.source!r} has no train split; it has {', '.join(main)}.")
+    for name in ("validation", "test"):
+        extra = getattr(cfg, name)
+        if extra is not None:
+            (given[name],) = load_source(extra, cfg.subset).values()
+    carve = {name: getattr(cfg.split, name) for name in ("validation", "test") if name not in given}
+    train = given["train"]
+    if any(carve.values()):
+        labels = strata(train) if strata is not None else None
+        labels = None if labels is None else np.asarray([str(v) for v in labels])
+        parts = split_indices(len(train), carve.get("validation", 0.0), carve.get("test", 0.0), seed, labels)
+        given.update(
+            {name: train.select(idx) for name, idx in parts.items() if name in carve or name == "train"}
+        )
+    splits = {name: given[name] for name in SPLITS if name in given and len(given[name])}
+    digest = hashlib.sha256(
+        "|".join(r.fingerprint for r in {id(r): r for r in main.values()}.values()).encode()
+    )
+    for name in ("validation", "test"):
+        if getattr(cfg, name) is not None:
+            digest.update(given[name].fingerprint.encode())
+    return splits, digest.hexdigest()
 
 
-def _numeric_column(values: list, name: str, where: str) -> np.ndarray:
-    out = np.empty(len(values), dtype=np.float32)
-    for i, v in enumerate(values):
-        try:
-            out[i] = float(v)
-        except (TypeError, ValueError):
-            raise DataError(
-                f"{where}: row {i + 1}, column '{name}': {v!r} is not a number. Feature columns must be "
-                f"numeric; list the numeric ones in data.features or encode categories first."
-            ) from None
-        if not math.isfinite(out[i]):
-            raise DataError(f"{where}: row {i + 1}, column '{name}': {v!r} is not a finite number.")
-    return out
+def _hf(scheme: str, what: str, subset: str | None, source: str) -> dict[str, Records]:
+    """``hf:NAME`` through ``datasets.load_dataset`` (the Hub, or a local script/folder),
+    ``hf-disk:PATH`` through ``datasets.load_from_disk`` (a folder ``save_to_disk`` wrote)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"data.source {source!r}: needs the datasets package: pip install 'bigmodel[hf]'."
+        ) from None
+    try:
+        if scheme == "hf-disk":
+            if not Path(what).expanduser().is_dir():
+                raise DataError(f"data.source: folder not found: '{what}' (from {source!r}).")
+            loaded = datasets.load_from_disk(str(Path(what).expanduser()))
+        else:
+            loaded = datasets.load_dataset(what, subset)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError)
+        raise DataError(f"data.source {source!r}: could not load it: {type(exc).__name__}: {exc}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        return {name: HFRecords(part, f"{source} [{name}]") for name, part in loaded.items()}
+    return {"data": HFRecords(loaded, source)}
 
 
 def _read_csv(path: Path) -> dict[str, list]:
@@ -143,30 +147,25 @@ def _read_csv(path: Path) -> dict[str, list]:
 
 def _read_jsonl(path: Path) -> dict[str, list]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {line_no} is not valid JSON: {exc.msg}.") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {line_no} is a {type(row).__name__}, expected a JSON object.")
-            rows.append(row)
-    return columns_from_records(rows, str(path))
-
-
-def columns_from_records(rows: list[dict], where: str) -> dict[str, list]:
-    """Records (dicts) to columns; every record must have the first record's keys."""
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}: line {line_no} is not valid JSON: {exc.msg}.") from None
+                if not isinstance(row, dict):
+                    raise DataError(
+                        f"{path}: line {line_no} is a {type(row).__name__}, expected a JSON object."
+                    )
+                rows.append(row)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
     if not rows:
         return {}
-    keys = list(rows[0])
-    for i, row in enumerate(rows):
-        missing = [k for k in keys if k not in row]
-        if missing:
-            raise DataError(f"{where}: record {i + 1} lacks '{missing[0]}' (the first record has {keys}).")
-    return {k: [row[k] for row in rows] for k in keys}
+    return records_from_rows(rows, str(path))._data
 
 
 def _read_parquet(path: Path) -> dict[str, list]:
@@ -180,8 +179,9 @@ def _read_parquet(path: Path) -> dict[str, list]:
         raise DataError(f"{path}: not a readable parquet file: {exc}.") from None
 
 
-def _builtin(name: str) -> Table:
-    """scikit-learn's bundled data sets (shipped inside the wheel; nothing is downloaded)."""
+def _builtin(name: str) -> ColumnRecords:
+    """scikit-learn's bundled data sets (shipped inside the wheel; nothing is downloaded): one column per
+    feature (digits: one ``image`` column of 1x8x8 arrays) and a ``label`` column."""
     from sklearn import datasets
 
     loader = {
@@ -193,10 +193,13 @@ def _builtin(name: str) -> Table:
     }[name]
     bunch = loader()
     features = bunch.data.astype(np.float32)
-    if name == "digits":  # 8x8 grey images, values 0..16
-        features = features.reshape(-1, 1, 8, 8)
     targets = bunch.target
     if getattr(bunch, "target_names", None) is not None and name != "digits":
         targets = np.asarray(bunch.target_names)[bunch.target]
+    if name == "digits":  # 8x8 grey images, values 0..16
+        columns = {"image": features.reshape(-1, 1, 8, 8)}
+    else:
+        columns = {str(f): features[:, j] for j, f in enumerate(bunch.feature_names)}
+    columns["label"] = np.asarray(targets).tolist()
     digest = hashlib.sha256(features.tobytes() + np.asarray(targets).astype(str).tobytes()).hexdigest()
-    return Table(features, np.asarray(targets, dtype=object), list(bunch.feature_names), digest)
+    return ColumnRecords(columns, f"builtin:{name}", digest)

@@ -6,6 +6,9 @@ optional), every shape must match; the first problem is reported by name.
 A published tensor maps to one native tensor (``key_map``, possibly ``transposed``) or to several
 (``fused``: GPT-2's ``c_attn`` is q, k and v concatenated); fused tensors are split on load by the
 native shapes and concatenated again on save.
+
+An optional entry ending in ``.*`` covers every published key under that prefix: an encoder-only
+model reads a full encoder–decoder checkpoint and leaves ``decoder.*`` unread.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from bigmodel.models.registry import CheckpointFormat
 
 class CheckpointMismatch(UserError):
     """A published checkpoint does not fit the native model (missing/unused key, wrong shape)."""
+
+
+def is_optional(key: str, optional: set[str]) -> bool:
+    """Whether the published ``key`` is optional: named exactly, or under an ``optional`` ``prefix.*``."""
+    return key in optional or any(p.endswith(".*") and key.startswith(p[:-1]) for p in optional)
 
 
 def _fused_index(fmt: CheckpointFormat, config, key_map: Mapping[str, str]) -> dict[str, tuple[str, int]]:
@@ -114,7 +122,7 @@ def from_published(
                 )
         native[key] = tensor.to(ref.dtype).contiguous()
         used.add(src)
-    unused = [k for k in published if k not in used and k not in optional]
+    unused = [k for k in published if k not in used and not is_optional(k, optional)]
     if unused:
         raise CheckpointMismatch(f"checkpoint tensor '{unused[0]}' is not used by the native model")
     return native
@@ -136,7 +144,7 @@ def to_published(
     for key, tensor in native.items():
         if key in fused_index:
             dst, _ = fused_index[key]
-            if dst in out or dst in optional:
+            if dst in out or is_optional(dst, optional):
                 continue
             parts, dim = fused[dst]
             missing = [k for k in parts if k not in native]
@@ -148,7 +156,7 @@ def to_published(
         if key not in key_map:
             raise CheckpointMismatch(f"key map has no entry for native tensor '{key}'")
         dst = key_map[key]
-        if dst in optional:
+        if is_optional(dst, optional):
             continue
         out[dst] = (tensor.t() if key in transposed else tensor).contiguous().clone()
     return out

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bigmodel.errors import UserError
-from bigmodel.hub.convert import from_published, to_published
+from bigmodel.hub.convert import from_published, is_optional, to_published
 from bigmodel.hub.files import save_tensors, write_json
 from bigmodel.models.registry import FAMILY_MODULES, CheckpointFormat, Family, build_config, get_family
 
@@ -97,6 +97,10 @@ def from_pretrained(
 
     Returns:
         The native model, in eval mode, with every tensor loaded from the checkpoint.
+
+    Warns:
+        UserWarning: for what transformers also loads with only a warning, such as special token ids
+            outside the vocabulary (they change no logits; generation never meets them).
 
     Raises:
         PretrainedError: missing folder or files, unknown ``model_type``, an option the native family
@@ -226,15 +230,16 @@ def _align_keys(published: dict[str, torch.Tensor], fmt: CheckpointFormat, confi
     ``from_published`` still reports anything that does not fit.
     """
     fused = getattr(fmt, "fused", None)  # optional extension: one published tensor for several native
-    wanted = set(fmt.key_map(config).values()) | set(fmt.optional(config))
+    optional = set(fmt.optional(config))
+    wanted = set(fmt.key_map(config).values()) | {k for k in optional if not k.endswith(".*")}
     if fused is not None:
         wanted |= set(fused(config))
-    if all(k in wanted for k in published):
+    if all(k in wanted or is_optional(k, optional) for k in published):
         return published
     prefixes = {k.split(".", 1)[0] + "." for k in wanted if "." in k}
     aligned: dict[str, torch.Tensor] = {}
     for key, tensor in published.items():
-        aligned[_align_key(key, wanted, prefixes)] = tensor
+        aligned[key if is_optional(key, optional) else _align_key(key, wanted, prefixes)] = tensor
     return aligned
 
 

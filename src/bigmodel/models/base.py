@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -83,6 +84,39 @@ class Model(nn.Module):
         return counter.get_total_flops()
 
 
+# What each special token id outside the vocabulary means in an encoder-decoder model.
+SEQ2SEQ_TOKEN_CONSEQUENCES = {
+    "pad_token_id": "shifted labels (-100 -> pad) and finished generations would hold an id the decoder "
+    "cannot embed",
+    "eos_token_id": "the model never produces it, so generation never stops on it",
+    "decoder_start_token_id": "the decoder cannot embed it, so forward and generation fail; encode is "
+    "unaffected",
+}
+
+
+def warn_outside_vocab(config: Any, vocab_size: int, consequences: Mapping[str, str]) -> None:
+    """Warn, never raise, for each special token id of ``config`` outside ``[0, vocab_size)``.
+
+    Published configs carry such ids: a GPT-2 config trimmed to a smaller vocabulary keeps
+    ``eos_token_id=50256``. transformers loads them with a warning, and so do we, because they change
+    nothing the model computes on real tokens, only what generation or label shifting can meet.
+
+    Args:
+        config: the config dataclass (its fields are read by name).
+        vocab_size: rows of the embedding the ids index.
+        consequences: field name -> what an out-of-range value means for that field, for the message.
+    """
+    for name, consequence in consequences.items():
+        token = getattr(config, name)
+        if token is not None and not 0 <= token < vocab_size:
+            warnings.warn(
+                f"{type(config).__name__}: {name}={token} is outside the vocabulary [0, {vocab_size}); "
+                f"kept as given, but {consequence}",
+                UserWarning,
+                stacklevel=4,  # the caller of Config(...): warn -> here -> __post_init__ -> __init__
+            )
+
+
 def maybe_checkpoint(module: nn.Module, *args: Any, enabled: bool) -> Any:
     """``module(*args)``; with ``enabled``, in training, its activations are recomputed in backward.
 
@@ -151,7 +185,23 @@ class EncoderDecoder(Model):
     A subclass defines ``encode(input_ids, attention_mask)``, ``decode(decoder_input_ids,
     encoder_out, encoder_mask, cache)`` and a ``decoder`` with ``blocks``; its config has
     ``decoder_start_token_id`` and ``pad_token_id``.
+
+    With ``num_decoder_layers=0`` the subclass builds no decoder (``self.decoder is None``) and no
+    output head: an encoder-only model, whose only use is ``encode``. Building the unused decoder
+    would leave parameters without gradients, which DDP refuses.
     """
+
+    @property
+    def encoder_only(self) -> bool:
+        """True when built with ``num_decoder_layers=0``: no decoder, no head, only ``encode``."""
+        return self.decoder is None
+
+    def _require_decoder(self, method: str) -> None:
+        if self.encoder_only:
+            raise ValueError(
+                f"{type(self).__name__}.{method}: this model is encoder-only (num_decoder_layers=0) and "
+                "has no decoder; call encode(input_ids, attention_mask) for its hidden states"
+            )
 
     def new_cache(self, max_length: int | None = None) -> list[tuple[KVCache, KVCache]]:
         """One ``(self-attention, cross-attention)`` KVCache pair per decoder block.
@@ -159,6 +209,7 @@ class EncoderDecoder(Model):
         Args:
             max_length: preallocate the self-attention caches for this many decoder positions.
         """
+        self._require_decoder("new_cache")
         return [(KVCache(max_length), KVCache()) for _ in self.decoder.blocks]
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
@@ -175,7 +226,12 @@ class EncoderDecoder(Model):
         """Logits ``(B, T, V)``. Without ``decoder_input_ids`` they are ``labels`` shifted right.
 
         The loss (cross-entropy against ``labels``, ignoring -100) belongs to the task.
+
+        Raises:
+            ValueError: the model is encoder-only (call ``encode``), or neither ``decoder_input_ids``
+                nor ``labels`` is given.
         """
+        self._require_decoder("forward")
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError(

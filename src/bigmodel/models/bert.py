@@ -48,7 +48,7 @@ class BertConfig:
         embed_dim: hidden width ``H`` of every layer.
         num_layers: Transformer blocks ``L``.
         num_heads: attention heads ``A``; must divide ``embed_dim``.
-        mlp_dim: inner width of the feed-forward network (4 × ``embed_dim`` in the paper).
+        ffn_dim: inner width of the feed-forward network (4 × ``embed_dim`` in the paper).
         max_positions: learned position vectors; longer inputs are refused.
         type_vocab_size: token types (segments); 2 for sentence A / B.
         hidden_act: activation of the feed-forward network and of the MLM head transform, a name from
@@ -68,7 +68,7 @@ class BertConfig:
     embed_dim: int = 768
     num_layers: int = 12
     num_heads: int = 12
-    mlp_dim: int = 3072
+    ffn_dim: int = 3072
     max_positions: int = 512
     type_vocab_size: int = 2
     hidden_act: str = "gelu"
@@ -82,7 +82,7 @@ class BertConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        sizes = ("vocab_size", "embed_dim", "num_layers", "num_heads", "mlp_dim", "max_positions")
+        sizes = ("vocab_size", "embed_dim", "num_layers", "num_heads", "ffn_dim", "max_positions")
         for name in (*sizes, "type_vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -96,6 +96,8 @@ class BertConfig:
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            # Unlike generation-only ids this one is built in, as the embedding's padding_idx, which
+            # torch (and so transformers) refuses out of range.
             raise ValueError(f"pad_token_id must be in [0, {self.vocab_size}), got {self.pad_token_id}")
         if self.init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std}")
@@ -111,7 +113,7 @@ class BertBlock(nn.Module):
         self.attn = MultiHeadAttention(c.embed_dim, c.num_heads, bias=True, dropout=c.attn_dropout)
         self.norm1 = LayerNorm(c.embed_dim, eps=c.norm_eps)
         # BERT has no dropout between the two FFN layers, only on the FFN output (self.drop below).
-        self.mlp = FeedForward(c.embed_dim, c.mlp_dim, act=c.hidden_act, dropout=0.0)
+        self.mlp = FeedForward(c.embed_dim, c.ffn_dim, act=c.hidden_act, dropout=0.0)
         self.norm2 = LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.drop = nn.Dropout(c.dropout)
 
@@ -170,13 +172,18 @@ class Bert(Model):
         elif isinstance(m, MaskedLMHead):
             nn.init.zeros_(m.bias)
 
-    def forward(
+    @property
+    def feature_dim(self) -> int:
+        """Width of the hidden states :meth:`encode` returns (``embed_dim``)."""
+        return self.config.embed_dim
+
+    def encode(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Encode a batch of token ids.
+        """Encode a batch of token ids (the text-encoder protocol; ``forward`` is the same).
 
         Args:
             input_ids: ``(B, T)`` token ids, ``T <= max_positions``.
@@ -184,7 +191,7 @@ class Bert(Model):
             token_type_ids: ``(B, T)`` segment ids in ``[0, type_vocab_size)``; None = all 0.
 
         Returns:
-            Last hidden states ``(B, T, embed_dim)``.
+            Last hidden states ``(B, T, feature_dim)``.
         """
         B, T = input_ids.shape  # (batch, time)
         if T > self.config.max_positions:
@@ -200,6 +207,15 @@ class Bert(Model):
         for block in self.blocks:
             x = maybe_checkpoint(block, x, mask, enabled=self.config.gradient_checkpointing)  # (B, T, H)
         return x
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden states ``(B, T, embed_dim)``; see :meth:`encode`."""
+        return self.encode(input_ids, attention_mask, token_type_ids)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """The pooled ``[CLS]`` vector, ``tanh(pooler(hidden[:, 0]))``: ``(B, T, H) -> (B, H)``."""
@@ -243,18 +259,18 @@ def _example_input(config: BertConfig, batch_size: int = 2) -> tuple[torch.Tenso
 
 PRESETS = {
     "bert-base-uncased": {},
-    "bert-large-uncased": {"embed_dim": 1024, "num_layers": 24, "num_heads": 16, "mlp_dim": 4096},
+    "bert-large-uncased": {"embed_dim": 1024, "num_layers": 24, "num_heads": 16, "ffn_dim": 4096},
     # all-MiniLM-L6-v2's shape (Wang et al. 2020, MiniLM; sentence-transformers' fine-tune).
-    "minilm-l6-h384": {"embed_dim": 384, "num_layers": 6, "num_heads": 12, "mlp_dim": 1536},
-    # Odd sizes catch shape bugs: head_dim 9 or 12, mlp_dim 37, 3 token types, 23 positions. The contract
+    "minilm-l6-h384": {"embed_dim": 384, "num_layers": 6, "num_heads": 12, "ffn_dim": 1536},
+    # Odd sizes catch shape bugs: head_dim 9 or 12, ffn_dim 37, 3 token types, 23 positions. The contract
     # suite backpropagates from forward's output, which no head feeds, so the tiny preset is the bare
     # encoder; the pooler and MLM variants are covered by tests/models/test_bert.py.
     "bert-tiny": {
-        "vocab_size": 101, "embed_dim": 36, "num_layers": 2, "num_heads": 4, "mlp_dim": 37,
+        "vocab_size": 101, "embed_dim": 36, "num_layers": 2, "num_heads": 4, "ffn_dim": 37,
         "max_positions": 23, "type_vocab_size": 3, "add_pooler": False,
     },
     "bert-tiny-mlm": {
-        "vocab_size": 101, "embed_dim": 36, "num_layers": 2, "num_heads": 3, "mlp_dim": 37,
+        "vocab_size": 101, "embed_dim": 36, "num_layers": 2, "num_heads": 3, "ffn_dim": 37,
         "max_positions": 23, "hidden_act": "gelu_new", "add_pooler": False, "add_mlm_head": True,
     },
 }  # fmt: skip
@@ -371,7 +387,7 @@ def _hf_config_from(published: dict) -> dict:
         "embed_dim": published.get("hidden_size", 768),
         "num_layers": published.get("num_hidden_layers", 12),
         "num_heads": published.get("num_attention_heads", 12),
-        "mlp_dim": published.get("intermediate_size", 3072),
+        "ffn_dim": published.get("intermediate_size", 3072),
         "max_positions": published.get("max_position_embeddings", 512),
         "type_vocab_size": published.get("type_vocab_size", 2),
         "hidden_act": _HF_ACTS[act],
@@ -400,7 +416,7 @@ def _hf_config_to(config: BertConfig) -> dict:
         "hidden_size": config.embed_dim,
         "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads,
-        "intermediate_size": config.mlp_dim,
+        "intermediate_size": config.ffn_dim,
         "max_position_embeddings": config.max_positions,
         "type_vocab_size": config.type_vocab_size,
         "hidden_act": _NATIVE_ACTS[config.hidden_act],

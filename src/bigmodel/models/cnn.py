@@ -2,6 +2,9 @@
 
 Each entry of ``channels`` is one block; a 2×2 max-pool follows every block while the feature map
 is still at least 2×2 on both sides, so the same config fits 8×8 digits and 28×28 images.
+
+With ``num_outputs=0`` there is no head: ``forward`` returns the pooled features after dropout,
+``(B, channels[-1])``, exactly what the head would have read.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class CNNConfig:
 
     Attributes:
         input_shape: (channels, height, width) of one image.
-        num_outputs: size of the linear ``head``.
+        num_outputs: size of the linear ``head``; 0 = no head (``forward`` returns the features).
         channels: output channels of each block.
         kernel_size: odd kernel size of every conv (padding keeps the spatial size).
         convs_per_block: conv–norm–act units per block, before its pool.
@@ -49,8 +52,8 @@ class CNNConfig:
         self.channels = [int(c) for c in self.channels]
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be (channels, height, width), got {self.input_shape}")
-        if self.num_outputs < 1:
-            raise ValueError(f"num_outputs must be >= 1, got {self.num_outputs}")
+        if self.num_outputs < 0:
+            raise ValueError(f"num_outputs must be >= 0 (0 = no head), got {self.num_outputs}")
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be a non-empty list of positive ints, got {self.channels}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -66,6 +69,8 @@ class CNNConfig:
 
 
 class CNN(Model):
+    """Conv ``blocks`` → global average pool → dropout → linear ``head`` (absent with ``num_outputs=0``)."""
+
     def __init__(self, config: CNNConfig):
         super().__init__(config)
         c = config
@@ -82,15 +87,22 @@ class CNN(Model):
             in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
         self.drop = nn.Dropout(c.dropout)
-        self.head = nn.Linear(in_ch, c.num_outputs)
+        self.head = nn.Linear(in_ch, c.num_outputs) if c.num_outputs else None
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled features the head reads: the last block's channels."""
+        return self.config.channels[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_outputs)``, or the pooled features after dropout ``(B, feature_dim)``
+        without a head."""
         if x.dim() == 3:  # (B, H, W) grey images -> (B, 1, H, W)
             x = x.unsqueeze(1)
         for block in self.blocks:
             x = maybe_checkpoint(block, x, enabled=self.config.gradient_checkpointing)  # (B, C, H', W')
-        x = x.mean(dim=(2, 3))  # global average pool -> (B, C)
-        return self.head(self.drop(x))
+        x = self.drop(x.mean(dim=(2, 3)))  # global average pool -> (B, C)
+        return x if self.head is None else self.head(x)
 
 
 def _example_input(config: CNNConfig, batch_size: int = 2) -> tuple[torch.Tensor]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bigmodel.models.base import Model, maybe_checkpoint
+from bigmodel.models.base import Model, maybe_checkpoint, warn_outside_vocab
 from bigmodel.models.registry import CheckpointFormat, Family
 from bigmodel.nn.activations import ACTIVATIONS
 from bigmodel.nn.attention import KVCache, MultiHeadAttention
@@ -43,18 +43,24 @@ class GPTConfig:
         embed_dim: width of the residual stream ``C``.
         num_heads: attention heads ``H``; must divide ``embed_dim``.
         num_layers: Transformer blocks ``L``.
-        hidden_dim: inner width of the MLP; None means ``4 * embed_dim`` (HF ``n_inner``).
+        ffn_dim: inner width of the MLP; None means ``4 * embed_dim`` (HF ``n_inner``), resolved on
+            construction.
         activation: MLP activation; GPT-2 uses ``gelu_new`` (tanh-approximated GELU).
-        embed_dropout: dropout on the summed embeddings.
-        attn_dropout: dropout on the attention probabilities.
-        resid_dropout: dropout on each sub-block's output, before the residual add.
-        layer_norm_epsilon: LayerNorm epsilon.
-        initializer_range: std of the normal init of weights (GPT-2: 0.02).
+        dropout: dropout on each sub-block's output before the residual add (HF ``resid_pdrop``) and
+            on the summed embeddings (HF ``embd_pdrop``), unless ``embed_dropout`` says otherwise.
+        attn_dropout: dropout on the attention probabilities (HF ``attn_pdrop``).
+        embed_dropout: dropout on the summed embeddings when it differs from ``dropout``; None means
+            ``dropout``. Only a published config whose ``embd_pdrop`` differs from ``resid_pdrop``
+            sets it.
+        norm_eps: LayerNorm epsilon (HF ``layer_norm_epsilon``).
+        init_std: std of the normal init of weights (HF ``initializer_range``; GPT-2: 0.02).
         tie_embeddings: the LM ``head`` shares the token embedding matrix.
         gradient_checkpointing: in training, recompute each block's activations in the backward pass
             instead of storing them (less memory, ~1/3 more compute).
         bos_token_id: beginning-of-text token, for generation and published configs (GPT-2: 50256).
         eos_token_id: end-of-text token; ``generate`` stops a row on it by default (GPT-2: 50256).
+            Either may lie outside the vocabulary (a published config trimmed to a smaller
+            vocabulary): that warns, and generation then never meets it.
     """
 
     vocab_size: int = 50257
@@ -62,44 +68,39 @@ class GPTConfig:
     embed_dim: int = 768
     num_heads: int = 12
     num_layers: int = 12
-    hidden_dim: int | None = None
+    ffn_dim: int | None = None
     activation: str = "gelu_new"
-    embed_dropout: float = 0.1
+    dropout: float = 0.1
     attn_dropout: float = 0.1
-    resid_dropout: float = 0.1
-    layer_norm_epsilon: float = 1e-5
-    initializer_range: float = 0.02
+    embed_dropout: float | None = None
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
     tie_embeddings: bool = True
     gradient_checkpointing: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | None = None
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_positions", "embed_dim", "num_heads", "num_layers"):
+        if self.ffn_dim is None:
+            self.ffn_dim = 4 * self.embed_dim
+        for name in ("vocab_size", "max_positions", "embed_dim", "num_heads", "num_layers", "ffn_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.hidden_dim is not None and self.hidden_dim < 1:
-            raise ValueError(f"hidden_dim must be >= 1 or None (4 * embed_dim), got {self.hidden_dim}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
-        for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.layer_norm_epsilon <= 0:
-            raise ValueError(f"layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}")
-        if self.initializer_range < 0:
-            raise ValueError(f"initializer_range must be >= 0, got {self.initializer_range}")
-        for name in ("bos_token_id", "eos_token_id"):
-            token = getattr(self, name)
-            if token is not None and not 0 <= token < self.vocab_size:
-                raise ValueError(f"{name} {token} is outside the vocabulary [0, {self.vocab_size})")
-
-    @property
-    def ffn_dim(self) -> int:
-        """The MLP's inner width, ``hidden_dim`` or ``4 * embed_dim``."""
-        return self.hidden_dim if self.hidden_dim is not None else 4 * self.embed_dim
+        for name in ("dropout", "attn_dropout", "embed_dropout"):
+            rate = getattr(self, name)
+            if rate is not None and not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if self.init_std < 0:
+            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+        # Out-of-range special tokens change no logits (transformers loads them with a warning too).
+        never = "the model never produces it, so generation never meets it"
+        warn_outside_vocab(self, self.vocab_size, {"bos_token_id": never, "eos_token_id": never})
 
 
 class GPTBlock(nn.Module):
@@ -108,12 +109,12 @@ class GPTBlock(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         c = config
-        self.norm1 = LayerNorm(c.embed_dim, eps=c.layer_norm_epsilon)
+        self.norm1 = LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.attn = MultiHeadAttention(c.embed_dim, c.num_heads, bias=True, dropout=c.attn_dropout)
-        self.norm2 = LayerNorm(c.embed_dim, eps=c.layer_norm_epsilon)
+        self.norm2 = LayerNorm(c.embed_dim, eps=c.norm_eps)
         # GPT-2 has no dropout between the activation and fc2, only on the residual branch.
         self.mlp = FeedForward(c.embed_dim, c.ffn_dim, act=c.activation)
-        self.drop = nn.Dropout(c.resid_dropout)
+        self.drop = nn.Dropout(c.dropout)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None
@@ -130,9 +131,9 @@ class GPT(Model):
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.pos_embed = LearnedPositionalEmbedding(c.max_positions, c.embed_dim)
-        self.drop = nn.Dropout(c.embed_dropout)
+        self.drop = nn.Dropout(c.dropout if c.embed_dropout is None else c.embed_dropout)
         self.blocks = nn.ModuleList(GPTBlock(c) for _ in range(c.num_layers))
-        self.norm = LayerNorm(c.embed_dim, eps=c.layer_norm_epsilon)
+        self.norm = LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
         self._init_weights()
         if c.tie_embeddings:
@@ -142,7 +143,7 @@ class GPT(Model):
         # GPT-2 (and HF): N(0, 0.02) weights, zero biases; the projections that write into the residual
         # stream (attn.o, mlp.fc2) get std / sqrt(2L), "to account for the accumulation on the residual
         # path with model depth" (Radford et al. 2019, §2.3).
-        std = self.config.initializer_range
+        std = self.config.init_std
         for m in self.modules():
             if isinstance(m, nn.Linear | nn.Embedding):
                 nn.init.normal_(m.weight, mean=0.0, std=std)
@@ -151,6 +152,11 @@ class GPT(Model):
         for block in self.blocks:
             for proj in (block.attn.o, block.mlp.fc2):
                 nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_layers))
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the hidden states :meth:`encode` returns (``embed_dim``)."""
+        return self.config.embed_dim
 
     def new_cache(self, max_length: int | None = None) -> list[KVCache]:
         """One empty ``KVCache`` per block, for incremental decoding with ``forward(..., cache=)``.
@@ -167,7 +173,8 @@ class GPT(Model):
         cache: list[KVCache] | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final-norm hidden states ``(B, T, C)``; see :meth:`forward` for the arguments."""
+        """Final-norm hidden states ``(B, T, C)``, what the LM head reads; see :meth:`forward` for the
+        arguments."""
         B, T = input_ids.shape  # (batch, new tokens)
         past = cache[0].length if cache else 0
         if position_ids is None and past + T > self.config.max_positions:
@@ -192,6 +199,18 @@ class GPT(Model):
             layer_cache = None if cache is None else cache[i]
             x = maybe_checkpoint(block, x, mask, layer_cache, enabled=ckpt)  # (B, T, C)
         return self.norm(x)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The text-encoder protocol: causal final-norm hidden states ``(B, T, feature_dim)``.
+
+        Each position sees only itself and earlier tokens, so a task pooling over a right-padded row
+        reads its last real position for a summary of the whole row.
+
+        Args:
+            input_ids: ``(B, T)`` token ids.
+            attention_mask: ``(B, T)``, 1 = real token; positions count real tokens only.
+        """
+        return self.features(input_ids, attention_mask)
 
     def forward(
         self,
@@ -249,7 +268,7 @@ PRESETS = {
     # Odd sizes catch shape bugs: 3 heads of 12, an MLP width that is not 4x, a prime vocabulary.
     "gpt-tiny": {
         "vocab_size": 97, "max_positions": 32, "embed_dim": 36, "num_heads": 3, "num_layers": 2,
-        "hidden_dim": 37, "bos_token_id": 96, "eos_token_id": 96,
+        "ffn_dim": 37, "bos_token_id": 96, "eos_token_id": 96,
     },
 }  # fmt: skip
 
@@ -335,19 +354,21 @@ def _config_from_hf(hf: dict) -> dict:
                 raise ValueError(f"GPT-2 option {name}={token!r}: the native gpt model takes one token")
             token = token[0]
         tokens[name] = token
+    dropout, embed_dropout = hf.get("resid_pdrop", 0.1), hf.get("embd_pdrop", 0.1)
     return {
         "vocab_size": hf.get("vocab_size", 50257),
         "max_positions": hf.get("n_positions", 1024),
         "embed_dim": hf.get("n_embd", 768),
         "num_heads": hf.get("n_head", 12),
         "num_layers": hf.get("n_layer", 12),
-        "hidden_dim": hf.get("n_inner"),
+        "ffn_dim": hf.get("n_inner"),
         "activation": _HF_ACTIVATIONS[act],
-        "embed_dropout": hf.get("embd_pdrop", 0.1),
+        "dropout": dropout,
         "attn_dropout": hf.get("attn_pdrop", 0.1),
-        "resid_dropout": hf.get("resid_pdrop", 0.1),
-        "layer_norm_epsilon": hf.get("layer_norm_epsilon", 1e-5),
-        "initializer_range": hf.get("initializer_range", 0.02),
+        # one rate when the published ones agree (as GPT-2's do), so `dropout` alone governs both
+        "embed_dropout": None if embed_dropout == dropout else embed_dropout,
+        "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
+        "init_std": hf.get("initializer_range", 0.02),
         "tie_embeddings": hf.get("tie_word_embeddings", True),
         **tokens,
     }
@@ -366,13 +387,14 @@ def _config_to_hf(config: GPTConfig) -> dict:
         "n_embd": config.embed_dim,
         "n_head": config.num_heads,
         "n_layer": config.num_layers,
-        "n_inner": config.hidden_dim,
+        # None is HF's own spelling of the default 4 * n_embd
+        "n_inner": None if config.ffn_dim == 4 * config.embed_dim else config.ffn_dim,
         "activation_function": to_hf[config.activation],
-        "embd_pdrop": config.embed_dropout,
+        "embd_pdrop": config.dropout if config.embed_dropout is None else config.embed_dropout,
         "attn_pdrop": config.attn_dropout,
-        "resid_pdrop": config.resid_dropout,
-        "layer_norm_epsilon": config.layer_norm_epsilon,
-        "initializer_range": config.initializer_range,
+        "resid_pdrop": config.dropout,
+        "layer_norm_epsilon": config.norm_eps,
+        "initializer_range": config.init_std,
         "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,

@@ -2,6 +2,10 @@
 
 Input of any shape ``(B, *input_shape)`` is flattened; each hidden layer is
 Linear → [BatchNorm | LayerNorm] → activation → dropout, then a linear ``head``.
+
+With ``num_outputs=0`` there is no head: ``forward`` returns the last hidden layer's output
+``(B, feature_dim)`` (the flattened input when there are no hidden layers), for a task to put its own
+head on.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class MLPConfig:
 
     Attributes:
         input_shape: shape of one example; flattened to ``prod(input_shape)`` features.
-        num_outputs: size of the linear ``head``.
+        num_outputs: size of the linear ``head``; 0 = no head (``forward`` returns the features).
         hidden_sizes: width of each hidden layer, in order.
         activation: a name from ``nn.activations.ACTIVATIONS``.
         dropout: after every hidden layer's activation.
@@ -47,8 +51,8 @@ class MLPConfig:
         self.hidden_sizes = [int(h) for h in self.hidden_sizes]
         if not self.input_shape or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be positive sizes, got {self.input_shape}")
-        if self.num_outputs < 1:
-            raise ValueError(f"num_outputs must be >= 1, got {self.num_outputs}")
+        if self.num_outputs < 0:
+            raise ValueError(f"num_outputs must be >= 0 (0 = no head), got {self.num_outputs}")
         if any(h < 1 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must all be >= 1, got {self.hidden_sizes}")
         if self.activation not in ACTIVATIONS:
@@ -70,17 +74,27 @@ class MLPBlock(nn.Sequential):
 
 
 class MLP(Model):
+    """Flatten → hidden ``blocks`` → linear ``head`` (absent with ``num_outputs=0``)."""
+
     def __init__(self, config: MLPConfig):
         super().__init__(config)
         sizes = [math.prod(config.input_shape), *config.hidden_sizes]
         self.blocks = nn.ModuleList(MLPBlock(i, o, config) for i, o in zip(sizes, sizes[1:], strict=False))
-        self.head = nn.Linear(sizes[-1], config.num_outputs)
+        self.head = nn.Linear(sizes[-1], config.num_outputs) if config.num_outputs else None
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the features the head reads: the last hidden size, or the flattened input."""
+        return (
+            self.config.hidden_sizes[-1] if self.config.hidden_sizes else math.prod(self.config.input_shape)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_outputs)``, or the features ``(B, feature_dim)`` without a head."""
         x = x.flatten(1)  # (B, features)
         for block in self.blocks:
             x = maybe_checkpoint(block, x, enabled=self.config.gradient_checkpointing)
-        return self.head(x)  # (B, num_outputs)
+        return x if self.head is None else self.head(x)
 
 
 def _example_input(config: MLPConfig, batch_size: int = 2) -> tuple[torch.Tensor]:

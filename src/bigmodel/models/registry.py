@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,8 @@ class CheckpointFormat:
         transposed: config -> native keys whose published tensor is stored transposed
             (GPT-2's Conv1D keeps Linear weights as (in, out)).
         optional: config -> published keys that may be absent or ignored on load (tied copies, buffers
-            such as ``attn.bias`` masks) and are not written on save.
+            such as ``attn.bias`` masks) and are not written on save. An entry ``prefix.*`` covers
+            every key under ``prefix.`` (an encoder-only model leaves a checkpoint's ``decoder.*``).
         fused: config -> {published key: ([native keys], dim)} for a published tensor that is the
             concatenation of several native tensors along ``dim`` of the native layout (GPT-2's
             ``c_attn`` = q, k, v). Those native keys are left out of ``key_map``; split on load
@@ -46,7 +48,8 @@ class CheckpointFormat:
             transpose applies to the concatenated tensor.
         config_from: published config dict -> native config kwargs; raises ValueError naming any
             option the native family does not implement (never load into a model that computes
-            something else).
+            something else). What changes no computation passes: special token ids outside the
+            vocabulary load with a warning from the config, as transformers loads them.
         config_to: native config -> published config dict.
         model_types: published ``model_type`` values (config.json) this format loads.
     """
@@ -82,17 +85,59 @@ class Family:
     example_input: Callable[..., tuple] | None = None
     formats: Mapping[str, CheckpointFormat] = field(default_factory=dict)
 
+    def config_fields(self) -> list[str]:
+        """The names of the config's fields (what a recipe's ``model`` section may set)."""
+        return [f.name for f in dataclasses.fields(self.config_cls)]
+
 
 def family_names() -> list[str]:
     return sorted(FAMILY_MODULES)
 
 
 def get_family(name: str) -> Family:
-    """Import and return the family registered as ``name``."""
+    """Import and return the family registered as ``name``, or a user's own ``package.module:Name``
+    (a :class:`Family`, or an ``nn.Module`` class whose keyword arguments are its config)."""
+    if ":" in name:
+        return _user_family(name)
     if name not in FAMILY_MODULES:
-        raise unknown_name("model.arch", name, FAMILY_MODULES)
+        raise unknown_name("model.arch", name, [*FAMILY_MODULES, "package.module:Name"])
     module = importlib.import_module(f"bigmodel.models.{FAMILY_MODULES[name]}")
     return module.FAMILY
+
+
+def _user_family(spec: str) -> Family:
+    module_name, _, attr = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RecipeError(f"model.arch: cannot load {spec!r} ({exc}).") from None
+    if isinstance(found, Family):
+        return found
+    from torch import nn  # here, so that listing family names never imports torch
+
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise RecipeError(f"model.arch: {spec!r} is neither a bigmodel Family nor an nn.Module class.")
+    # An nn.Module class: its keyword arguments (with their defaults) become a config dataclass.
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in inspect.signature(found).parameters.values() if p.kind in kinds]
+    fields = [
+        (p.name, Any, dataclasses.field(default=None if p.default is p.empty else p.default)) for p in params
+    ]
+    config_cls = dataclasses.make_dataclass(f"{attr}Config", fields)
+    return Family(name=spec, config_cls=config_cls, model_cls=_ModuleFromConfig(found))
+
+
+class _ModuleFromConfig:
+    """``model_cls(config)`` for a user's module class: its kwargs from the config; ``config`` kept."""
+
+    def __init__(self, cls: type):
+        self.cls = cls
+
+    def __call__(self, config):
+        kwargs = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
+        module = self.cls(**kwargs)
+        module.config = config
+        return module
 
 
 def all_families() -> list[Family]:

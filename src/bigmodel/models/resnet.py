@@ -12,6 +12,9 @@ so torchvision checkpoints load one to one through the ``torchvision`` key map a
 Stems: ``imagenet`` is the paper's 7×7 stride-2 conv + 3×3 stride-2 max-pool (224 → 56 px);
 ``small`` is one 3×3 stride-1 conv and no pool, as in the paper's CIFAR networks (§4.2), so 8×8,
 28×28 and 32×32 images are not reduced to nothing before the first stage.
+
+With ``num_outputs=0`` there is no head: ``forward`` returns the pooled features after dropout,
+``(B, feature_dim)``, exactly what the head would have read (``features`` gives them before dropout).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class ResNetConfig:
 
     Attributes:
         input_shape: (channels, height, width) of one image.
-        num_outputs: size of the linear ``head``.
+        num_outputs: size of the linear ``head``; 0 = no head (``forward`` returns the features).
         block: ``basic`` (two 3×3 convs) or ``bottleneck`` (1×1, 3×3, 1×1 with 4× expansion).
         layers: residual blocks per stage; every stage after the first halves height and width.
         widths: per-stage width (a bottleneck's inner width; its output is 4× wider).
@@ -66,8 +69,8 @@ class ResNetConfig:
         self.widths = [int(w) for w in self.widths]
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be (channels, height, width), got {self.input_shape}")
-        if self.num_outputs < 1:
-            raise ValueError(f"num_outputs must be >= 1, got {self.num_outputs}")
+        if self.num_outputs < 0:
+            raise ValueError(f"num_outputs must be >= 0 (0 = no head), got {self.num_outputs}")
         if self.block not in BLOCKS:
             raise ValueError(f"block {self.block!r} is not one of {list(BLOCKS)}")
         if not self.layers or min(self.layers) < 1:
@@ -148,7 +151,8 @@ def _block_plan(config: ResNetConfig) -> Iterator[tuple[int, int, int, int, int]
 
 
 class ResNet(Model):
-    """Stem → stages of residual blocks → global average pool → dropout → linear ``head``."""
+    """Stem → stages of residual blocks → global average pool → dropout → linear ``head`` (absent with
+    ``num_outputs=0``)."""
 
     def __init__(self, config: ResNetConfig):
         super().__init__(config)
@@ -164,8 +168,13 @@ class ResNet(Model):
             stages[i].append(block(in_channels, width, stride))
         self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in stages)
         self.drop = nn.Dropout(c.dropout)
-        self.head = nn.Linear(c.widths[-1] * block.expansion, c.num_outputs)
+        self.head = nn.Linear(self.feature_dim, c.num_outputs) if c.num_outputs else None
         self._init_weights()
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled features: the last stage's output channels."""
+        return self.config.widths[-1] * BLOCK_TYPES[self.config.block].expansion
 
     def _init_weights(self) -> None:
         # He init with fan_out, as torchvision does (He et al. 2015, "Delving Deep into Rectifiers").
@@ -192,7 +201,10 @@ class ResNet(Model):
         return x.mean(dim=(2, 3))  # global average pool -> (B, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.features(x)))  # (B, num_outputs)
+        """Logits ``(B, num_outputs)``, or the pooled features after dropout ``(B, feature_dim)``
+        without a head."""
+        x = self.drop(self.features(x))  # (B, C)
+        return x if self.head is None else self.head(x)
 
 
 def _example_input(config: ResNetConfig, batch_size: int = 2) -> tuple[torch.Tensor]:
@@ -238,7 +250,14 @@ def _torchvision_key_map(config: ResNetConfig) -> dict[str, str]:
             key_map |= _conv_norm(f"{ours}.conv{k}", f"{theirs}.conv{k}", f"{theirs}.bn{k}")
         if _projects(in_channels, width * expansion, stride):
             key_map |= _conv_norm(f"{ours}.downsample", f"{theirs}.downsample.0", f"{theirs}.downsample.1")
-    return key_map | {"head.weight": "fc.weight", "head.bias": "fc.bias"}
+    if config.num_outputs:  # a headless model maps onto torchvision's trunk; its fc is not read
+        key_map |= {"head.weight": "fc.weight", "head.bias": "fc.bias"}
+    return key_map
+
+
+def _torchvision_optional(config: ResNetConfig) -> set[str]:
+    """A headless model loads a classifier checkpoint's trunk and leaves its ``fc`` unread."""
+    return set() if config.num_outputs else {"fc.weight", "fc.bias"}
 
 
 FAMILY = Family(
@@ -248,5 +267,5 @@ FAMILY = Family(
     presets=PRESETS,
     tiny_presets=("resnet-tiny", "resnet-tiny-bottleneck"),
     example_input=_example_input,
-    formats={"torchvision": CheckpointFormat(key_map=_torchvision_key_map)},
+    formats={"torchvision": CheckpointFormat(key_map=_torchvision_key_map, optional=_torchvision_optional)},
 )

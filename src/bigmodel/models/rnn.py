@@ -12,7 +12,8 @@ positions therefore never change the output.
 Heads: ``sequence`` gives one logit vector per sequence from either the ``last`` hidden state (the
 forward direction's state after the last real token, concatenated with the backward direction's state
 after the first token) or the ``mean`` of the top layer's outputs over real positions; ``tagging``
-gives one logit vector per position.
+gives one logit vector per position. With ``num_outputs=0`` there is no head and ``forward`` returns
+what it would have read; ``encode`` gives the per-position outputs for any head.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class RNNConfig:
             before the head.
         head: ``sequence`` (B, num_outputs) or ``tagging`` (B, T, num_outputs).
         pooling: for the sequence head, ``last`` hidden state or ``mean`` over real positions.
-        num_outputs: size of the linear ``head``.
+        num_outputs: size of the linear ``head``; 0 = no head (``forward`` returns the features).
         gradient_checkpointing: in training, recompute the recurrent layers' activations in the
             backward pass instead of storing them (less memory, ~1/3 more compute). Refused on CUDA
             with dropout between layers: cuDNN draws those masks from its own RNG state, which the
@@ -87,8 +88,8 @@ class RNNConfig:
             raise ValueError(f"head {self.head!r} is not one of {list(HEADS)}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling {self.pooling!r} is not one of {list(POOLINGS)}")
-        if self.num_outputs < 1:
-            raise ValueError(f"num_outputs must be >= 1, got {self.num_outputs}")
+        if self.num_outputs < 0:
+            raise ValueError(f"num_outputs must be >= 0 (0 = no head), got {self.num_outputs}")
 
 
 def lengths_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -105,7 +106,12 @@ def lengths_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class RNN(Model):
-    """``embed`` (token input) → stacked recurrent ``rnn`` → pooling → dropout → linear ``head``."""
+    """``embed`` (token input) → stacked recurrent ``rnn`` → pooling → dropout → linear ``head``.
+
+    With ``num_outputs=0`` there is no head: ``forward`` returns the dropped-out features the head
+    would have read, pooled ``(B, feature_dim)`` for the sequence head, ``(B, T, feature_dim)`` for
+    tagging. ``encode`` gives the per-position outputs whatever the head.
+    """
 
     def __init__(self, config: RNNConfig):
         super().__init__(config)
@@ -120,18 +126,20 @@ class RNN(Model):
             batch_first=True,
         )
         self.drop = nn.Dropout(c.dropout)
-        self.head = nn.Linear(c.hidden_size * (2 if c.bidirectional else 1), c.num_outputs)
+        self.head = nn.Linear(self.feature_dim, c.num_outputs) if c.num_outputs else None
 
-    def features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled features (B, D·H) for the sequence head, per-position features (B, T, D·H) for tagging.
+    @property
+    def feature_dim(self) -> int:
+        """Width of the recurrent outputs: ``hidden_size``, times 2 when bidirectional."""
+        return self.config.hidden_size * (2 if self.config.bidirectional else 1)
 
-        Args:
-            x: token ids (B, T) or float features (B, T, input_size).
-            mask: (B, T), 1 at real positions, 0 at right padding; ``None`` means no padding.
-        """
+    def _run(
+        self, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The recurrent stack: outputs ``(B, T, D·H)`` (zero at padding), final states, real-position
+        weights ``(B, T, 1)`` (None without a mask)."""
         x = self.embed(x)  # (B, T, E)
-        B, T, _ = x.shape
-        D = 2 if self.config.bidirectional else 1
+        T = x.shape[1]
         ckpt = self.config.gradient_checkpointing
         if ckpt and self.training and torch.is_grad_enabled() and x.is_cuda and self.rnn.dropout > 0:
             raise ValueError(
@@ -141,16 +149,36 @@ class RNN(Model):
             )
         if mask is None:
             out, h = maybe_checkpoint(self.rnn, x, enabled=ckpt)  # out (B, T, D*H); h (layers*D, B, H)
-            valid = None
-        else:
-            lengths = lengths_from_mask(mask)  # (B,)
-            # An all-padding row cannot be packed: run it on one position, then zero its features.
-            lengths = lengths.clamp(min=1).cpu()  # packing wants lengths on the CPU
-            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            out, h = maybe_checkpoint(self.rnn, packed, enabled=ckpt)  # h in the caller's batch order
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # zeros after each length
-            valid = (mask != 0).unsqueeze(-1).to(out.dtype)  # (B, T, 1)
-            out = out * valid
+            return out, h, None
+        lengths = lengths_from_mask(mask)  # (B,)
+        # An all-padding row cannot be packed: run it on one position, then zero its features.
+        lengths = lengths.clamp(min=1).cpu()  # packing wants lengths on the CPU
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, h = maybe_checkpoint(self.rnn, packed, enabled=ckpt)  # h in the caller's batch order
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # zeros after each length
+        valid = (mask != 0).unsqueeze(-1).to(out.dtype)  # (B, T, 1)
+        return out * valid, h, valid
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-position outputs of the top recurrent layer, both directions concatenated.
+
+        Args:
+            input_ids: token ids ``(B, T)`` (or float features ``(B, T, input_size)``).
+            attention_mask: ``(B, T)``, 1 at real positions, 0 at right padding; None = no padding.
+
+        Returns:
+            ``(B, T, feature_dim)``, zero at padded positions.
+        """
+        return self._run(input_ids, attention_mask)[0]
+
+    def features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled features (B, D·H) for the sequence head, per-position features (B, T, D·H) for tagging.
+
+        Args:
+            x: token ids (B, T) or float features (B, T, input_size).
+            mask: (B, T), 1 at real positions, 0 at right padding; ``None`` means no padding.
+        """
+        out, h, valid = self._run(x, mask)
         if self.config.head == "tagging":
             return out  # (B, T, D*H)
         if self.config.pooling == "mean":
@@ -160,12 +188,15 @@ class RNN(Model):
         h = h[0] if isinstance(h, tuple) else h  # LSTM returns (h_n, c_n)
         # h is layer-major, (layer, direction): the top layer's forward state is at the last real
         # token, its backward state after reading back to position 0 — ordered like ``out``'s halves.
-        last = h[-D:].transpose(0, 1).reshape(B, -1)  # (B, D*H)
+        D = 2 if self.config.bidirectional else 1
+        last = h[-D:].transpose(0, 1).reshape(out.shape[0], -1)  # (B, D*H)
         return last if valid is None else last * valid[:, 0]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, num_outputs) for the sequence head, (B, T, num_outputs) for tagging."""
-        return self.head(self.drop(self.features(x, mask)))
+        """Logits (B, num_outputs) for the sequence head, (B, T, num_outputs) for tagging; without a
+        head, the features after dropout, (B, feature_dim) or (B, T, feature_dim)."""
+        x = self.drop(self.features(x, mask))
+        return x if self.head is None else self.head(x)
 
 
 def _example_input(config: RNNConfig, batch_size: int = 2, seq_len: int = 7) -> tuple[torch.Tensor, ...]:

@@ -16,16 +16,19 @@ Two published generations share this file through the config:
 
 - T5 v1.0 (``t5-small`` … ``t5-11b``): ReLU FFN ``wo(relu(wi(x)))``, output layer tied to the
   embedding, decoder output rescaled by ``d_model^-0.5`` before it (the tied matrix was trained at
-  embedding scale). ``feed_forward_proj="relu"``, ``tie_word_embeddings=True``.
+  embedding scale). ``feed_forward_proj="relu"``, ``tie_embeddings=True``.
 - T5 v1.1 (``google/t5-v1_1-*``, also Flan-T5): gated-GELU FFN (Shazeer 2020)
   ``wo(gelu_new(wi_0(x)) * wi_1(x))``, an untied ``lm_head`` and no rescale.
-  ``feed_forward_proj="gated-gelu"``, ``tie_word_embeddings=False``.
+  ``feed_forward_proj="gated-gelu"``, ``tie_embeddings=False``.
 
 ``feed_forward_proj`` follows Hugging Face's ``T5Config``: ``"{act}"`` or ``"gated-{act}"``, where
 ``"gated-gelu"`` means the tanh-approximated ``gelu_new`` for backward compatibility.
 
-The ``hf`` format at the bottom maps this model onto ``T5ForConditionalGeneration`` state dicts and
-configs, so published checkpoints load and save one to one.
+``num_decoder_layers=0`` builds the encoder alone (no decoder, no output layer), a text encoder whose
+``encode`` gives hidden states for a task's own head, like Hugging Face's ``T5EncoderModel``.
+
+The ``hf`` format at the bottom maps this model onto ``T5ForConditionalGeneration`` (or, encoder-only,
+``T5EncoderModel``) state dicts and configs, so published checkpoints load and save one to one.
 """
 
 from __future__ import annotations
@@ -35,7 +38,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bigmodel.models.base import EncoderDecoder, maybe_checkpoint
+from bigmodel.models.base import (
+    SEQ2SEQ_TOKEN_CONSEQUENCES,
+    EncoderDecoder,
+    maybe_checkpoint,
+    warn_outside_vocab,
+)
 from bigmodel.models.registry import CheckpointFormat, Family
 from bigmodel.nn.attention import KVCache, MultiHeadAttention
 from bigmodel.nn.mlp import FeedForward, GatedFeedForward
@@ -75,7 +83,8 @@ class T5Config:
         head_dim: features per head ``d_kv``; ``num_heads * head_dim`` need not equal ``embed_dim``.
         ffn_dim: inner width ``d_ff`` of the feed-forward network.
         num_layers: encoder blocks.
-        num_decoder_layers: decoder blocks (None: as many as the encoder).
+        num_decoder_layers: decoder blocks (None: as many as the encoder; 0: encoder-only, no
+            decoder and no ``head``; only ``encode`` runs).
         relative_buckets: relative-position buckets (``relative_attention_num_buckets``).
         relative_max_distance: distances at or beyond this share the last bucket.
         dropout: one rate (``dropout_rate``) for embeddings, attention probabilities, the FFN inner
@@ -83,11 +92,14 @@ class T5Config:
         norm_eps: RMSNorm epsilon (``layer_norm_epsilon``).
         feed_forward_proj: ``"relu"`` (v1.0), ``"gated-gelu"`` (v1.1), or any ``"{act}"`` /
             ``"gated-{act}"`` with ``act`` in ``FFN_ACTIVATIONS``.
-        tie_word_embeddings: the output layer is the embedding matrix and the decoder output is
-            rescaled by ``embed_dim^-0.5`` (v1.0); False: a separate ``head``, no rescale (v1.1).
+        tie_embeddings: the output layer is the embedding matrix and the decoder output is
+            rescaled by ``embed_dim^-0.5`` (v1.0); False: a separate ``head``, no rescale (v1.1)
+            (HF ``tie_word_embeddings``).
         pad_token_id: padding id; replaces ``-100`` in shifted labels.
         eos_token_id: end-of-sequence id, where generation stops.
-        decoder_start_token_id: first decoder input (T5 uses the pad id, 0).
+        decoder_start_token_id: first decoder input (T5 uses the pad id, 0). A token id outside the
+            vocabulary warns rather than fails, as in transformers: it changes nothing ``encode``
+            computes.
         gradient_checkpointing: in training, recompute each encoder and decoder block's activations
             in the backward pass instead of storing them (less memory, ~1/3 more compute).
     """
@@ -104,7 +116,7 @@ class T5Config:
     dropout: float = 0.1
     norm_eps: float = 1e-6
     feed_forward_proj: str = "relu"
-    tie_word_embeddings: bool = True
+    tie_embeddings: bool = True
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
@@ -116,8 +128,10 @@ class T5Config:
         for name in ("vocab_size", "embed_dim", "num_heads", "head_dim", "ffn_dim", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_decoder_layers < 1:
-            raise ValueError(f"num_decoder_layers must be >= 1, got {self.num_decoder_layers}")
+        if self.num_decoder_layers < 0:
+            raise ValueError(
+                f"num_decoder_layers must be >= 0 (0 = encoder-only), got {self.num_decoder_layers}"
+            )
         if self.relative_buckets < 4 or self.relative_buckets % 2:
             # bidirectional buckets split in two halves, each half again into exact and log-spaced
             raise ValueError(f"relative_buckets must be an even number >= 4, got {self.relative_buckets}")
@@ -132,11 +146,7 @@ class T5Config:
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         parse_feed_forward_proj(self.feed_forward_proj)
-        for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(
-                    f"{name} must be in [0, vocab_size={self.vocab_size}), got {getattr(self, name)}"
-                )
+        warn_outside_vocab(self, self.vocab_size, SEQ2SEQ_TOKEN_CONSEQUENCES)
 
 
 class T5Block(nn.Module):
@@ -241,10 +251,12 @@ class T5(EncoderDecoder):
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.encoder = T5Stack(c, c.num_layers, is_decoder=False)
-        self.decoder = T5Stack(c, c.num_decoder_layers, is_decoder=True)
-        self.head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
+        self.decoder, self.head = None, None  # encoder-only (num_decoder_layers=0)
+        if c.num_decoder_layers:
+            self.decoder = T5Stack(c, c.num_decoder_layers, is_decoder=True)
+            self.head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
         self._init_weights()
-        if c.tie_word_embeddings:
+        if self.head is not None and c.tie_embeddings:
             self.head.weight = self.embed.weight
 
     def _init_weights(self) -> None:
@@ -252,7 +264,8 @@ class T5(EncoderDecoder):
         # matrix N(0, fan_in^-0.5), except q, which also carries the attention scale T5 leaves out.
         c = self.config
         nn.init.normal_(self.embed.weight, std=1.0)
-        nn.init.normal_(self.head.weight, std=1.0)
+        if self.head is not None:
+            nn.init.normal_(self.head.weight, std=1.0)
         for m in self.modules():
             if isinstance(m, MultiHeadAttention):
                 nn.init.normal_(m.q.weight, std=(c.embed_dim * c.head_dim) ** -0.5)
@@ -267,8 +280,14 @@ class T5(EncoderDecoder):
             elif isinstance(m, RelativePositionBias):
                 nn.init.normal_(m.weight, std=c.embed_dim**-0.5)
 
+    @property
+    def feature_dim(self) -> int:
+        """Width of the hidden states :meth:`encode` returns (``embed_dim``)."""
+        return self.config.embed_dim
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output ``(B, S, D)`` for ``input_ids`` ``(B, S)``; ``attention_mask`` 1 = real token."""
+        """Encoder output ``(B, S, feature_dim)`` for ``input_ids`` ``(B, S)``; ``attention_mask`` 1 =
+        real token. The text-encoder protocol, and the first half of :meth:`forward`."""
         return self.encoder(self.embed(input_ids), mask=attention_mask)
 
     def decode(
@@ -288,6 +307,7 @@ class T5(EncoderDecoder):
             cache: from ``new_cache()``; appended to in place.
             decoder_mask: ``(B, past + T)``, 1 = real target token, over all decoder positions so far.
         """
+        self._require_decoder("decode")
         h = self.decoder(
             self.embed(decoder_input_ids),
             mask=decoder_mask,
@@ -295,7 +315,7 @@ class T5(EncoderDecoder):
             context_mask=encoder_mask,
             cache=cache,
         )  # (B, T, D)
-        if self.config.tie_word_embeddings:
+        if self.config.tie_embeddings:
             # v1.0 ties the output layer to the embedding, trained at a d_model^0.5 larger scale
             h = h * self.config.embed_dim**-0.5
         return self.head(h)  # (B, T, V)
@@ -309,7 +329,7 @@ def _example_input(config: T5Config, batch_size: int = 2) -> tuple[torch.Tensor,
     return input_ids, attention_mask, decoder_input_ids
 
 
-_V1_1 = {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}
+_V1_1 = {"feed_forward_proj": "gated-gelu", "tie_embeddings": False}
 PRESETS = {
     "t5-small": {"embed_dim": 512, "num_heads": 8, "ffn_dim": 2048, "num_layers": 6},
     "t5-base": {"embed_dim": 768, "num_heads": 12, "ffn_dim": 3072, "num_layers": 12},
@@ -332,12 +352,18 @@ PRESETS = {
 # --- Hugging Face T5ForConditionalGeneration layout ------------------------------------------------
 
 
+def _stacks(config: T5Config) -> list[tuple[str, int]]:
+    """``(stack, blocks)`` of the stacks the model has: the decoder only when it is built."""
+    stacks = [("encoder", config.num_layers)]
+    return stacks + ([("decoder", config.num_decoder_layers)] if config.num_decoder_layers else [])
+
+
 def _hf_key_map(config: T5Config) -> dict[str, str]:
-    """Native key -> ``T5ForConditionalGeneration`` state-dict key."""
+    """Native key -> ``T5ForConditionalGeneration`` (encoder-only: ``T5EncoderModel``) state-dict key."""
     key_map = {"embed.weight": "shared.weight"}
     _, gated = parse_feed_forward_proj(config.feed_forward_proj)
     mlp = {"gate": "wi_0", "fc1": "wi_1", "fc2": "wo"} if gated else {"fc1": "wi", "fc2": "wo"}
-    for stack, num_layers in (("encoder", config.num_layers), ("decoder", config.num_decoder_layers)):
+    for stack, num_layers in _stacks(config):
         key_map[f"{stack}.position_bias.weight"] = (
             f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
         )
@@ -355,20 +381,27 @@ def _hf_key_map(config: T5Config) -> dict[str, str]:
                 key_map[f"{ours}.mlp.{name}.weight"] = f"{theirs}.{ffn}.DenseReluDense.{their_name}.weight"
             key_map[f"{ours}.norm2.weight"] = f"{theirs}.{ffn}.layer_norm.weight"
         key_map[f"{stack}.norm.weight"] = f"{stack}.final_layer_norm.weight"
-    # a tied head is the embedding: it reads (and writes) shared.weight
-    key_map["head.weight"] = "shared.weight" if config.tie_word_embeddings else "lm_head.weight"
+    if config.num_decoder_layers:
+        # a tied head is the embedding: it reads (and writes) shared.weight
+        key_map["head.weight"] = "shared.weight" if config.tie_embeddings else "lm_head.weight"
     return key_map
 
 
 def _hf_optional(config: T5Config) -> set[str]:
-    """Tied copies of ``shared.weight``, and a cross-attention bias old checkpoints carry but never use."""
+    """Tied copies of ``shared.weight``, and a cross-attention bias old checkpoints carry but never use.
+
+    An encoder-only model also leaves a full checkpoint's decoder and ``lm_head`` unread, as
+    transformers' ``T5EncoderModel`` does, so ``t5-small`` loads as a text encoder.
+    """
     optional = {
         "encoder.embed_tokens.weight",
         "decoder.embed_tokens.weight",
         "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
     }
-    if config.tie_word_embeddings:
+    if config.tie_embeddings or not config.num_decoder_layers:
         optional.add("lm_head.weight")
+    if not config.num_decoder_layers:
+        optional.add("decoder.*")
     return optional
 
 
@@ -390,15 +423,22 @@ _HF_FIELDS = {
     "eos_token_id": "eos_token_id",
     "decoder_start_token_id": "decoder_start_token_id",
 }
+_ENCODER_ONLY = "T5EncoderModel"
 
 
 def _hf_config_from(hf: dict) -> dict:
-    """``T5Config`` dict (config.json) -> ``T5Config`` kwargs; refuses what this model cannot compute."""
+    """``T5Config`` dict (config.json) -> ``T5Config`` kwargs; refuses what this model cannot compute.
+
+    A ``T5EncoderModel`` config (``architectures``) gives the encoder-only model,
+    ``num_decoder_layers=0``, whatever its (unused) ``num_decoder_layers`` says.
+    """
     if hf.get("model_type", "t5") != "t5":
         raise ValueError(f"model_type {hf['model_type']!r} is not 't5'")
-    if not hf.get("is_encoder_decoder", True) or hf.get("is_decoder", False):
+    encoder_only = _ENCODER_ONLY in (hf.get("architectures") or [])
+    if hf.get("is_decoder", False) or not (encoder_only or hf.get("is_encoder_decoder", True)):
         raise ValueError(
-            "is_encoder_decoder=False / is_decoder=True: only the full encoder-decoder is implemented"
+            "is_encoder_decoder=False / is_decoder=True: only the encoder-decoder and the encoder alone "
+            f"({_ENCODER_ONLY}) are implemented"
         )
     proj = hf.get("feed_forward_proj", "relu")
     try:
@@ -412,21 +452,25 @@ def _hf_config_from(hf: dict) -> dict:
             raise ValueError(f"eos_token_id {eos}: only one end-of-sequence id is implemented")
         native["eos_token_id"] = eos[0]
     native.setdefault("decoder_start_token_id", native.get("pad_token_id", 0))  # T5 starts from pad
+    if encoder_only:
+        native["num_decoder_layers"] = 0
     # transformers >= 5 always writes tie_word_embeddings=True and keeps the published flag (which
     # also decides the d_model^-0.5 rescale) as scale_decoder_outputs.
-    native["tie_word_embeddings"] = bool(hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True)))
+    native["tie_embeddings"] = bool(hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True)))
     return native
 
 
 def _hf_config_to(config: T5Config) -> dict:
-    """``T5Config`` -> a ``T5Config`` dict that ``transformers`` loads (config.json)."""
+    """``T5Config`` -> a ``T5Config`` dict that ``transformers`` loads (config.json); an encoder-only
+    model is written as a ``T5EncoderModel``."""
     hf = {theirs: getattr(config, ours) for theirs, ours in _HF_FIELDS.items()}
+    encoder_only = not config.num_decoder_layers
     return {
         "model_type": "t5",
-        "architectures": ["T5ForConditionalGeneration"],
-        "is_encoder_decoder": True,
+        "architectures": [_ENCODER_ONLY if encoder_only else "T5ForConditionalGeneration"],
+        "is_encoder_decoder": not encoder_only,
         **hf,
-        "tie_word_embeddings": config.tie_word_embeddings,
+        "tie_word_embeddings": config.tie_embeddings,
     }
 
 

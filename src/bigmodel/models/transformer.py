@@ -12,7 +12,9 @@ masking and cross-attention over the encoder output; a linear ``head`` gives nex
   activations.
 - Embeddings: the paper shares one matrix between the source embedding, the target embedding and
   the pre-softmax projection (§3.4, with a shared BPE vocabulary). ``share_embeddings`` and
-  ``tie_output`` choose each sharing separately; separate vocabularies need ``share_embeddings=False``.
+  ``tie_embeddings`` choose each sharing separately; separate vocabularies need ``share_embeddings=False``.
+- ``num_decoder_layers=0`` builds the encoder alone (no target embedding, decoder or ``head``): a text
+  encoder whose ``encode`` gives hidden states for a task's own head.
 
 The ``torch`` format at the bottom maps the layout of PyTorch's translation tutorial
 (``Seq2SeqTransformer``: ``torch.nn.Transformer`` as ``transformer``, plus ``src_tok_emb``,
@@ -27,7 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bigmodel.models.base import EncoderDecoder, maybe_checkpoint
+from bigmodel.models.base import (
+    SEQ2SEQ_TOKEN_CONSEQUENCES,
+    EncoderDecoder,
+    maybe_checkpoint,
+    warn_outside_vocab,
+)
 from bigmodel.models.registry import CheckpointFormat, Family
 from bigmodel.nn.attention import KVCache, MultiHeadAttention
 from bigmodel.nn.mlp import FeedForward
@@ -48,7 +55,8 @@ class TransformerConfig:
         num_heads: attention heads ``h``; must divide ``embed_dim``.
         ffn_dim: inner width ``d_ff`` of the feed-forward network.
         num_layers: encoder blocks ``N``.
-        num_decoder_layers: decoder blocks (None: as many as the encoder).
+        num_decoder_layers: decoder blocks (None: as many as the encoder; 0: encoder-only, no
+            target embedding, decoder or ``head``; only ``encode`` runs).
         dropout: ``P_drop``, see the module docstring for where it applies.
         activation: feed-forward activation, ``relu`` (paper) or ``gelu``.
         norm_first: pre-norm residual blocks instead of the paper's post-norm.
@@ -56,12 +64,13 @@ class TransformerConfig:
             is otherwise unnormalised). ``torch.nn.Transformer`` always has one.
         norm_eps: LayerNorm epsilon.
         share_embeddings: one embedding matrix for source and target (needs equal vocabularies).
-        tie_output: the output projection ``head`` is the target embedding matrix.
+        tie_embeddings: the output projection ``head`` is the target embedding matrix.
         head_bias: a bias on ``head``.
         max_positions: longest source or target sequence (rows of the sinusoid table).
         pad_token_id: padding id.
         eos_token_id: end-of-sequence id, where generation stops.
-        decoder_start_token_id: first decoder input (beginning of sequence).
+        decoder_start_token_id: first decoder input (beginning of sequence). A special token id
+            outside the target vocabulary warns rather than fails: ``encode`` never reads it.
         gradient_checkpointing: in training, recompute each encoder and decoder block's activations
             in the backward pass instead of storing them (less memory, ~1/3 more compute).
     """
@@ -79,7 +88,7 @@ class TransformerConfig:
     final_norm: bool | None = None
     norm_eps: float = 1e-5
     share_embeddings: bool = True
-    tie_output: bool = True
+    tie_embeddings: bool = True
     head_bias: bool = False
     max_positions: int = 1024
     pad_token_id: int = 0
@@ -96,10 +105,14 @@ class TransformerConfig:
             self.final_norm = self.norm_first
         for name in (
             "vocab_size", "tgt_vocab_size", "embed_dim", "num_heads", "ffn_dim", "num_layers",
-            "num_decoder_layers", "max_positions",
+            "max_positions",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_decoder_layers < 0:
+            raise ValueError(
+                f"num_decoder_layers must be >= 0 (0 = encoder-only), got {self.num_decoder_layers}"
+            )
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
@@ -113,11 +126,7 @@ class TransformerConfig:
                 f"share_embeddings needs one vocabulary, got vocab_size {self.vocab_size} and "
                 f"tgt_vocab_size {self.tgt_vocab_size}"
             )
-        for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
-            if not 0 <= getattr(self, name) < self.tgt_vocab_size:
-                raise ValueError(
-                    f"{name} must be in [0, tgt_vocab_size={self.tgt_vocab_size}), got {getattr(self, name)}"
-                )
+        warn_outside_vocab(self, self.tgt_vocab_size, SEQ2SEQ_TOKEN_CONSEQUENCES)
 
 
 class TransformerBlock(nn.Module):
@@ -195,21 +204,25 @@ class Transformer(EncoderDecoder):
     """``embed`` + positions → ``encoder``; ``tgt_embed`` + positions → ``decoder`` → ``head``.
 
     Generation protocol (``bigmodel.models.generate``): ``encode`` once, then ``decode`` step by step
-    through ``new_cache()``; ``config.decoder_start_token_id`` starts every sequence.
+    through ``new_cache()``; ``config.decoder_start_token_id`` starts every sequence. Encoder-only
+    (``num_decoder_layers=0``): ``tgt_embed``, ``decoder`` and ``head`` are None.
     """
 
     def __init__(self, config: TransformerConfig):
         super().__init__(config)
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
-        self.tgt_embed = self.embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.embed_dim)
+        self.tgt_embed, self.decoder, self.head = None, None, None  # encoder-only until built below
+        if c.num_decoder_layers:
+            self.tgt_embed = self.embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.embed_dim)
         self.positions = SinusoidalPositionalEmbedding(c.embed_dim, c.max_positions)
         self.drop = nn.Dropout(c.dropout)
         self.encoder = TransformerStack(c, c.num_layers, is_decoder=False)
-        self.decoder = TransformerStack(c, c.num_decoder_layers, is_decoder=True)
-        self.head = nn.Linear(c.embed_dim, c.tgt_vocab_size, bias=c.head_bias)
+        if c.num_decoder_layers:
+            self.decoder = TransformerStack(c, c.num_decoder_layers, is_decoder=True)
+            self.head = nn.Linear(c.embed_dim, c.tgt_vocab_size, bias=c.head_bias)
         self._init_weights()
-        if c.tie_output:
+        if self.head is not None and c.tie_embeddings:
             self.head.weight = self.tgt_embed.weight
 
     def _init_weights(self) -> None:
@@ -219,9 +232,15 @@ class Transformer(EncoderDecoder):
             if p.dim() > 1 and "embed" not in name:
                 nn.init.xavier_uniform_(p)
         for embedding in (self.embed, self.tgt_embed):
-            nn.init.normal_(embedding.weight, std=self.config.embed_dim**-0.5)
-        if self.head.bias is not None:
+            if embedding is not None:
+                nn.init.normal_(embedding.weight, std=self.config.embed_dim**-0.5)
+        if self.head is not None and self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the hidden states :meth:`encode` returns (``embed_dim``)."""
+        return self.config.embed_dim
 
     def _embed(self, embedding: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         T = ids.shape[1]
@@ -234,7 +253,8 @@ class Transformer(EncoderDecoder):
         return self.drop(x)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output ``(B, S, D)`` for ``input_ids`` ``(B, S)``; ``attention_mask`` 1 = real token."""
+        """Encoder output ``(B, S, feature_dim)`` for ``input_ids`` ``(B, S)``; ``attention_mask`` 1 =
+        real token. The text-encoder protocol, and the first half of :meth:`forward`."""
         return self.encoder(self._embed(self.embed, input_ids), mask=attention_mask)
 
     def decode(
@@ -254,6 +274,7 @@ class Transformer(EncoderDecoder):
             cache: from ``new_cache()``; appended to in place.
             decoder_mask: ``(B, past + T)``, 1 = real target token, over all decoder positions so far.
         """
+        self._require_decoder("decode")
         past = cache[0][0].length if cache is not None else 0  # positions already decoded
         x = self._embed(self.tgt_embed, decoder_input_ids, offset=past)  # (B, T, D)
         h = self.decoder(x, decoder_mask, encoder_out, encoder_mask, cache)  # (B, T, D)
@@ -280,7 +301,7 @@ PRESETS = {
     },
     "transformer-tiny-prenorm": {
         "vocab_size": 53, "embed_dim": 30, "num_heads": 5, "ffn_dim": 41, "num_layers": 3,
-        "num_decoder_layers": 2, "norm_first": True, "activation": "gelu", "tie_output": False,
+        "num_decoder_layers": 2, "norm_first": True, "activation": "gelu", "tie_embeddings": False,
         "head_bias": True, "max_positions": 64,
     },
 }  # fmt: skip
@@ -305,14 +326,25 @@ def _torch_sublayers(stack: str) -> list[tuple[str, str]]:
     return [*pairs, ("cross_attn", "multihead_attn"), ("cross_norm", "norm2"), ("norm2", "norm3")]
 
 
+def _stacks(config: TransformerConfig) -> list[tuple[str, int]]:
+    """``(stack, blocks)`` of the stacks the model has: the decoder only when it is built."""
+    stacks = [("encoder", config.num_layers)]
+    return stacks + ([("decoder", config.num_decoder_layers)] if config.num_decoder_layers else [])
+
+
 def _torch_key_map(config: TransformerConfig) -> dict[str, str]:
-    """Native key -> tutorial ``Seq2SeqTransformer`` key (q/k/v go through ``_torch_fused``)."""
+    """Native key -> tutorial ``Seq2SeqTransformer`` key (q/k/v go through ``_torch_fused``).
+
+    An encoder-only model maps onto the tutorial's ``src_tok_emb`` and ``transformer.encoder``.
+    """
     src, tgt = "src_tok_emb.embedding.weight", "tgt_tok_emb.embedding.weight"
-    key_map = {"embed.weight": src, "tgt_embed.weight": src if config.share_embeddings else tgt}
-    key_map["head.weight"] = key_map["tgt_embed.weight"] if config.tie_output else "generator.weight"
-    if config.head_bias:
-        key_map["head.bias"] = "generator.bias"
-    for stack, num_layers in (("encoder", config.num_layers), ("decoder", config.num_decoder_layers)):
+    key_map = {"embed.weight": src}
+    if config.num_decoder_layers:
+        key_map["tgt_embed.weight"] = src if config.share_embeddings else tgt
+        key_map["head.weight"] = key_map["tgt_embed.weight"] if config.tie_embeddings else "generator.weight"
+        if config.head_bias:
+            key_map["head.bias"] = "generator.bias"
+    for stack, num_layers in _stacks(config):
         for i in range(num_layers):
             ours, theirs = f"{stack}.blocks.{i}", f"transformer.{stack}.layers.{i}"
             for native, published in _torch_sublayers(stack):
@@ -328,7 +360,7 @@ def _torch_key_map(config: TransformerConfig) -> dict[str, str]:
 def _torch_fused(config: TransformerConfig) -> dict[str, tuple[list[str], int]]:
     """``in_proj_weight`` / ``in_proj_bias`` of ``nn.MultiheadAttention`` are q, k, v stacked."""
     fused = {}
-    for stack, num_layers in (("encoder", config.num_layers), ("decoder", config.num_decoder_layers)):
+    for stack, num_layers in _stacks(config):
         for i in range(num_layers):
             ours, theirs = f"{stack}.blocks.{i}", f"transformer.{stack}.layers.{i}"
             for native, published in _torch_sublayers(stack):
@@ -340,11 +372,14 @@ def _torch_fused(config: TransformerConfig) -> dict[str, tuple[list[str], int]]:
 
 
 def _torch_optional(config: TransformerConfig) -> set[str]:
-    """The tutorial's sinusoid buffer, and embedding/projection copies the native model shares."""
+    """The tutorial's sinusoid buffer, and embedding/projection copies the native model shares; an
+    encoder-only model leaves the target side of a full checkpoint unread."""
     optional = {"positional_encoding.pos_embedding"}
+    if not config.num_decoder_layers:
+        return optional | {"tgt_tok_emb.*", "generator.*", "transformer.decoder.*"}
     if config.share_embeddings:
         optional.add("tgt_tok_emb.embedding.weight")
-    if config.tie_output:
+    if config.tie_embeddings:
         optional.add("generator.weight")
     return optional
 

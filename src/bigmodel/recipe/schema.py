@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adagrad", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "linear")
-SOURCE_SCHEMES = ("builtin", "csv", "jsonl", "parquet")
+SOURCE_SCHEMES = ("builtin", "csv", "jsonl", "parquet", "hf", "hf-disk", "memory")  # memory: bigmodel.fit
+DEVICES = ("auto", "cpu", "cuda", "mps")
 BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 
 
@@ -45,36 +46,61 @@ class SplitConfig(Strict):
         return self
 
 
-class DataConfig(Strict):
-    """Where the records come from and which columns mean what."""
+def _check_source(value: str | None) -> str | None:
+    if value is None:
+        return value
+    scheme, sep, rest = value.partition(":")
+    if not sep or scheme not in SOURCE_SCHEMES or not rest:
+        raise ValueError(f"must look like SCHEME:WHAT with SCHEME one of {', '.join(SOURCE_SCHEMES)}")
+    if scheme == "builtin" and rest not in BUILTIN_DATASETS:
+        raise ValueError(f"builtin data set {rest!r} unknown; allowed: {', '.join(BUILTIN_DATASETS)}")
+    return value
 
-    source: str = Field(description="builtin:NAME, csv:PATH, jsonl:PATH or parquet:PATH")
+
+class DataConfig(Strict):
+    """Where the records come from and which columns mean what. The task reads the columns."""
+
+    source: str = Field(
+        description="builtin:NAME, csv:PATH, jsonl:PATH, parquet:PATH, hf:NAME (datasets.load_dataset) "
+        "or hf-disk:PATH (datasets.load_from_disk)"
+    )
+    validation: str | None = Field(None, description="a separate validation source (predefined split)")
+    test: str | None = Field(None, description="a separate test source (predefined split)")
+    subset: str | None = Field(None, description="hf: the dataset's configuration name")
     features: list[str] | None = Field(None, description="feature columns; default: all but the label")
     label: str | None = Field(None, description="target column (tabular sources)")
     text: str | None = Field(None, description="text column (task text_classification); raw strings")
-    max_length: int = Field(128, ge=2, description="text: truncate (and at most pad) to this many tokens")
+    text_pair: str | None = Field(None, description="second text column for pairs (NLI, paraphrase)")
+    max_length: int = Field(128, ge=2, description="text: truncate to this many tokens (batches padded)")
     split: SplitConfig = SplitConfig()
     normalize: Literal["standard", "global", "none"] = Field(
         "standard", description="standard: per-feature mean/std; global: one mean/std; from train split"
     )
+    categorical: list[str] | None = Field(None, description="columns to treat as categories (one-hot)")
+    missing: Literal["impute", "refuse"] = Field(
+        "impute", description="missing feature values: impute (train median / a 'missing' category) or refuse"
+    )
 
-    @field_validator("source")
+    @field_validator("source", "validation", "test")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        scheme, sep, rest = value.partition(":")
-        if not sep or scheme not in SOURCE_SCHEMES or not rest:
-            raise ValueError(f"must look like SCHEME:WHAT with SCHEME one of {', '.join(SOURCE_SCHEMES)}")
-        if scheme == "builtin" and rest not in BUILTIN_DATASETS:
-            raise ValueError(f"builtin data set {rest!r} unknown; allowed: {', '.join(BUILTIN_DATASETS)}")
-        return value
+    def _known_scheme(cls, value: str | None) -> str | None:
+        return _check_source(value)
 
 
-class TaskConfig(Named):
-    """What a record means and how it is scored."""
+class TaskConfig(BaseModel):
+    """What a record means and how it is scored: ``name`` is a built-in task or ``package.module:Class``;
+    every other key is that task's option, checked against the task's own options when it is built."""
 
-    name: Literal["classification", "text_classification", "regression"] = "classification"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="classification tasks only")
-    loss: Literal["mse", "mae"] = Field("mse", description="regression only")
+    model_config = ConfigDict(extra="allow")
+    name: str = "classification"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class ModelConfig(BaseModel):
@@ -127,6 +153,10 @@ class EarlyStoppingConfig(Strict):
 
 
 class TrainConfig(Strict):
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (results do not change)")
+    group_by_length: bool = Field(False, description="text: batch examples of similar length together")
+    eval_batch_size: int | None = Field(None, ge=1, description="default: batch_size (or 256 for 'all')")
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int | Literal["all"] = Field(64, description="'all' = full-batch gradient descent")
@@ -138,6 +168,14 @@ class TrainConfig(Strict):
     eval_every: int | None = Field(None, ge=1, description="steps between validations; default: each epoch")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints (and every epoch end)")
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        kind, _, index = value.partition(":")
+        if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+            raise ValueError(f"must be one of {', '.join(DEVICES)} or cuda:N")
+        return value
 
     @field_validator("batch_size")
     @classmethod

@@ -1,101 +1,133 @@
-"""Classification: raw labels → class indices, cross-entropy, accuracy/precision/recall/F1."""
+"""Classification of rows: labels → class indices, cross-entropy, accuracy/precision/recall/F1."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
+from bigmodel.data.tabular import class_name
 from bigmodel.errors import DataError
-from bigmodel.evaluate.metrics import classification_metrics
+from bigmodel.evaluation.metrics import classification_metrics
+from bigmodel.tasks.base import Metric
+from bigmodel.tasks.tabular import TabularTask
+
+CLASSIFICATION_METRICS = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
 
 
-class ClassificationTask:
-    """Single-label classification over the classes seen in the training split.
+class ClassificationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
 
-    Args:
-        label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016).
-        class_names: known classes (when restoring a trained run); learnt by :meth:`fit` otherwise.
+
+class Labels:
+    """The class names seen in the training split, and the mapping of raw labels onto them.
+
+    Labels ``3``, ``3.0`` and ``"3"`` name one class (CSV reads text, JSONL numbers); numeric class
+    names sort numerically, so digit 10 follows 9.
     """
 
-    name = "classification"
-    metric_names = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
-    higher_is_better = {
-        "loss": False,
-        "accuracy": True,
-        "precision_macro": True,
-        "recall_macro": True,
-        "f1_macro": True,
-    }
+    def __init__(self, names: list[str] | None = None):
+        self.names = list(names or [])
+        self._index = {name: i for i, name in enumerate(self.names)}
 
-    def __init__(self, label_smoothing: float = 0.0, class_names: list[str] | None = None):
-        self.label_smoothing = label_smoothing
-        self.class_names = list(class_names) if class_names else []
+    def fit(self, values: list, where: str) -> None:
+        names = {class_name(v) for v in values} - {None}  # missing labels were left out by clean()
+        try:
+            ordered = sorted(names, key=float)
+        except ValueError:
+            ordered = sorted(names)
+        if len(ordered) < 2:
+            raise DataError(
+                f"data.label: classification needs at least 2 classes in {where}, found {ordered}."
+            )
+        self.__init__(ordered)
+
+    def index(self, value) -> int:
+        i = self._index.get(class_name(value) or "")
+        if i is None:
+            raise DataError(
+                f"label {value!r} is not a class of the training split. "
+                f"Known classes: {', '.join(self.names)}."
+            )
+        return i
+
+
+class ClassificationMetric(Metric):
+    """Confusion matrix, summed loss and count: all mergeable by addition."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def update(self, logits: torch.Tensor, batch: dict) -> None:
+        k = len(self.task.labels.names)
+        pred, target = logits.argmax(-1), batch["y"]
+        self.add("confusion", torch.bincount(target * k + pred, minlength=k * k).reshape(k, k))
+        self.add("loss", self.task.loss_from(logits, batch).float())
+        self.add("count", torch.tensor(len(target)))
+
+    def compute(self) -> dict:
+        confusion = self.sums["confusion"].long().numpy()
+        report = classification_metrics(confusion, self.task.labels.names)
+        return {"loss": float(self.sums["loss"] / self.sums["count"]), **report}
+
+
+class ClassificationTask(TabularTask):
+    """Single-label classification of rows over the classes seen in the training split."""
+
+    name = "classification"
+    Options = ClassificationOptions
+    metric_names = CLASSIFICATION_METRICS
+    higher_is_better = {"loss": False, "accuracy": True, "precision_macro": True, "recall_macro": True,
+                        "f1_macro": True}  # fmt: skip
+
+    def __init__(self, options, data: dict):
+        super().__init__(options, data)
+        self.labels = Labels()
 
     @property
     def num_outputs(self) -> int:
-        return len(self.class_names)
+        return len(self.labels.names)
 
-    def fit(self, raw_targets: np.ndarray) -> None:
-        """Learn the class list; numeric labels sort numerically (so digit 10 follows 9)."""
-        names = {_class_name(v) for v in raw_targets}
-        try:
-            self.class_names = sorted(names, key=float)
-        except ValueError:
-            self.class_names = sorted(names)
-        if len(self.class_names) < 2:
-            raise DataError(f"data.label: classification needs at least 2 classes, found {self.class_names}.")
+    def strata(self, records):
+        label = self.data.get("label") or "label"
+        return [class_name(v) for v in records.column(label)] if label in records.columns else None
 
-    def encode(self, raw_targets: np.ndarray, where: str = "data") -> torch.Tensor:
-        index = {name: i for i, name in enumerate(self.class_names)}
-        out = np.empty(len(raw_targets), dtype=np.int64)
-        for i, v in enumerate(raw_targets):
-            key = _label_key(v, index)
-            if key is None:
-                raise DataError(
-                    f"{where}: row {i + 1} has label {v!r}, which the training split does not contain. "
-                    f"Known classes: {', '.join(self.class_names)}."
-                )
-            out[i] = index[key]
-        return torch.from_numpy(out)
+    def fit_targets(self, values: list, where: str) -> None:
+        self.labels.fit(values, where)
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
-
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
-        pred = outputs.argmax(dim=-1).numpy()
-        return classification_metrics(pred, targets.numpy(), self.class_names)
-
-    def postprocess(self, outputs: torch.Tensor) -> list[dict]:
-        probs = outputs.float().softmax(dim=-1)
-        return [
-            {
-                "label": self.class_names[int(p.argmax())],
-                "probabilities": {n: round(float(q), 6) for n, q in zip(self.class_names, p, strict=True)},
-            }
-            for p in probs
-        ]
+    def encode_target(self, value) -> int:
+        return self.labels.index(value)
 
     def state(self) -> dict:
-        return {"name": self.name, "label_smoothing": self.label_smoothing, "class_names": self.class_names}
+        return {**super().state(), "class_names": self.labels.names}
+
+    @classmethod
+    def restore(cls, state, run_dir):
+        task = super().restore(state, run_dir)
+        task.labels = Labels(state["class_names"])
+        return task
+
+    def loss_from(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), batch["y"], label_smoothing=self.options.label_smoothing, reduction="sum"
+        )
+
+    def metric(self) -> ClassificationMetric:
+        return ClassificationMetric(self)
+
+    def predict(self, model, batch: dict) -> list[dict]:
+        return probabilities(self.forward(model, batch), self.labels.names)
 
 
-def _class_name(value) -> str:
-    """A label's class name: a whole float (3.0 from JSONL or parquet) names the same class as 3."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _label_key(value, index: dict[str, int]) -> str | None:
-    """Match '3', 3 and 3.0 to the class '3' (CSV reads text, JSONL numbers)."""
-    text = str(value)
-    if text in index:
-        return text
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    if number.is_integer() and str(int(number)) in index:
-        return str(int(number))
-    return None
+def probabilities(logits: torch.Tensor, names: list[str]) -> list[dict]:
+    """``{"label", "probabilities"}`` per row, what a person reads."""
+    probs = logits.float().softmax(dim=-1).cpu()
+    return [
+        {
+            "label": names[int(p.argmax())],
+            "probabilities": {n: round(float(q), 6) for n, q in zip(names, p, strict=True)},
+        }
+        for p in probs
+    ]

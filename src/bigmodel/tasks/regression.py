@@ -1,66 +1,103 @@
-"""Regression: one numeric target, standardised for training, reported in the original units."""
+"""Regression of rows: one numeric target, standardised for training, reported in the original units."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
 
 from bigmodel.errors import DataError
-from bigmodel.evaluate.metrics import regression_metrics
+from bigmodel.evaluation.metrics import regression_metrics
+from bigmodel.tasks.base import Metric
+from bigmodel.tasks.tabular import TabularTask
 
 
-class RegressionTask:
-    """Predict one number. The target is standardised with training-split statistics so the
-    learning rate does not depend on its units; predictions and metrics are in original units.
+class RegressionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    loss: Literal["mse", "mae"] = "mse"
 
-    Args:
-        loss: ``mse`` or ``mae`` (L1).
-    """
+
+class RegressionMetric(Metric):
+    """Sums of errors, targets and squared targets (float64): MSE, MAE and R² merge by addition."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def update(self, outputs: torch.Tensor, batch: dict) -> None:
+        scale = lambda t: t.double() * self.task.std + self.task.mean  # noqa: E731  (original units)
+        pred, target = scale(outputs.squeeze(-1)), scale(batch["y"])
+        err = pred - target
+        self.add("loss", self.task.loss_from(outputs, batch).float())
+        self.add("count", torch.tensor(len(target), dtype=torch.float64))
+        self.add("sq_err", (err**2).sum())
+        self.add("abs_err", err.abs().sum())
+        self.add("target", target.sum())
+        self.add("target_sq", (target**2).sum())
+
+    def compute(self) -> dict:
+        s = {k: float(v) for k, v in self.sums.items()}
+        return {"loss": s["loss"] / s["count"], **regression_metrics(s)}
+
+
+class RegressionTask(TabularTask):
+    """Predict one number. The target is standardised with training-split statistics so the learning
+    rate does not depend on its units; predictions and metrics are in original units."""
 
     name = "regression"
+    Options = RegressionOptions
     metric_names = ("loss", "mse", "rmse", "mae", "r2")
     higher_is_better = {"loss": False, "mse": False, "rmse": False, "mae": False, "r2": True}
     num_outputs = 1
 
-    def __init__(self, loss: str = "mse", mean: float = 0.0, std: float = 1.0):
-        self.loss_name = loss
-        self.mean, self.std = float(mean), float(std)
+    def __init__(self, options, data: dict):
+        super().__init__(options, data)
+        self.mean, self.std = 0.0, 1.0
 
-    def fit(self, raw_targets: np.ndarray) -> None:
-        values = self._numbers(raw_targets, "data.label")
-        self.mean = float(values.mean())
-        self.std = float(values.std()) or 1.0
-
-    def encode(self, raw_targets: np.ndarray, where: str = "data") -> torch.Tensor:
-        return torch.from_numpy((self._numbers(raw_targets, where) - self.mean) / self.std).float()
-
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        pred = outputs.squeeze(-1)
-        return F.mse_loss(pred, targets) if self.loss_name == "mse" else F.l1_loss(pred, targets)
-
-    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
-        scale = lambda t: t.double().numpy() * self.std + self.mean  # noqa: E731
-        return regression_metrics(scale(outputs.squeeze(-1)), scale(targets))
-
-    def postprocess(self, outputs: torch.Tensor) -> list[dict]:
-        return [{"prediction": float(v) * self.std + self.mean} for v in outputs.squeeze(-1)]
-
-    def state(self) -> dict:
-        return {"name": self.name, "loss": self.loss_name, "mean": self.mean, "std": self.std}
+    def fit_targets(self, values: list, where: str) -> None:
+        numbers = np.asarray([self.number(v) for v in values], dtype=np.float64)
+        self.mean, self.std = float(numbers.mean()), float(numbers.std()) or 1.0
 
     @staticmethod
-    def _numbers(raw: np.ndarray, where: str) -> np.ndarray:
+    def number(value) -> float:
         try:
-            return np.asarray(raw, dtype=np.float64)
+            number = float(value)
         except (TypeError, ValueError):
-            bad = next(v for v in raw if not _is_number(v))
-            raise DataError(f"{where}: regression needs numeric labels, found {bad!r}.") from None
+            raise DataError(f"data.label: regression needs numeric labels, found {value!r}.") from None
+        if not np.isfinite(number) or isinstance(value, bool):
+            raise DataError(f"data.label: regression needs finite numeric labels, found {value!r}.")
+        return number
 
+    def encode_target(self, value) -> float:
+        return (self.number(value) - self.mean) / self.std
 
-def _is_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
+    def collate(self, items: list[dict]) -> dict:
+        batch = super().collate(items)
+        if "y" in batch:
+            batch["y"] = batch["y"].float()
+        return batch
+
+    def state(self) -> dict:
+        return {**super().state(), "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def restore(cls, state, run_dir):
+        task = super().restore(state, run_dir)
+        task.mean, task.std = state["mean"], state["std"]
+        return task
+
+    def loss_from(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        pred = outputs.float().squeeze(-1)
+        if self.options.loss == "mse":
+            return F.mse_loss(pred, batch["y"], reduction="sum")
+        return F.l1_loss(pred, batch["y"], reduction="sum")
+
+    def metric(self) -> RegressionMetric:
+        return RegressionMetric(self)
+
+    def predict(self, model, batch: dict) -> list[dict]:
+        outputs = self.forward(model, batch).float().squeeze(-1).cpu()
+        return [{"prediction": float(v) * self.std + self.mean} for v in outputs]

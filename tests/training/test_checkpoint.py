@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bigmodel.hub.files import atomic_path, load_tensors, save_tensors, write_json
-from bigmodel.train.checkpoint import (
+from bigmodel.training.checkpoint import (
     STATE_DIR,
     load_train_state,
     optimizer_from_flat,

@@ -1,9 +1,11 @@
 """``fit``: the training loop, readable top to bottom.
 
-One optimizer step = ``grad_accum_steps`` micro-batches (never crossing an epoch end) → clip →
-step → LR schedule. Then, when due: a metrics line, a validation pass (and early stopping), a
-checkpoint. Everything the next step depends on is in the checkpoint — weights, optimizer,
-schedule, loader position, RNG, early-stopping state — so a killed run resumes bit for bit.
+One optimizer step = up to ``grad_accum_steps`` micro-batches (never crossing an epoch end) whose
+summed losses are divided by the window's item count (samples or tokens), so batch 64 equals
+16 × 4 even for token losses of unequal lengths → clip → step → LR schedule. Then, when due: a
+metrics line, a streaming validation pass (and early stopping), a checkpoint. Everything the next
+step depends on is in the checkpoint — weights, optimizer, schedule, samples consumed, RNG (CPU and
+CUDA), early-stopping state — so a killed run resumes bit for bit.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from bigmodel.data.loader import BatchLoader
+from bigmodel.data.loader import EpochSampler, TaskDataset, to_device, train_batches
+from bigmodel.data.records import Records
 from bigmodel.errors import UserError
-from bigmodel.evaluate.metrics import scalar_metrics
-from bigmodel.models.base import predict_outputs
-from bigmodel.train import checkpoint as ckpt
-from bigmodel.train.log import RunLogger, trim_metrics
-from bigmodel.train.optim import build_optimizer, build_scheduler
+from bigmodel.evaluation.metrics import scalar_metrics
+from bigmodel.training import checkpoint as ckpt
+from bigmodel.training.log import RunLogger, trim_metrics
+from bigmodel.training.optim import build_optimizer, build_scheduler
+from bigmodel.training.validate import evaluate_records, resolve_device
 
 
 class TrainingDiverged(UserError):
@@ -39,48 +43,44 @@ class FitResult:
     best: dict | None  # {"step", "metric", "value"} when early stopping is on
 
 
-def validate(model: nn.Module, task, *data: torch.Tensor) -> dict[str, float]:
-    """Loss and metrics on ``data = (*inputs, targets)``."""
-    *inputs, targets = data
-    outputs = predict_outputs(model, *inputs)
-    return {"loss": float(task.loss(outputs, targets)), **scalar_metrics(task.metrics(outputs, targets))}
-
-
 def fit(
     model: nn.Module,
     task,
-    train_data,
-    val_data,
+    train: Records,
+    validation: Records | None,
     cfg,
     run_dir: Path,
     seed: int,
     resume: bool = False,
     show_progress: bool = True,
 ) -> FitResult:
-    """Train ``model`` on ``train_data`` per the recipe's ``train`` section.
+    """Train ``model`` on the ``train`` records per the recipe's ``train`` section.
 
     Args:
-        train_data: ``(*inputs, targets)`` tensors sharing their first dimension; each batch calls
-            ``model(*inputs)`` (features alone, or token ids and an attention mask).
-        val_data: the same for evaluation and early stopping, or None.
+        task: encodes and collates the examples and computes the (summed) loss and the metrics.
+        validation: records for evaluation and early stopping, or None.
         run_dir: where checkpoints and metrics.jsonl go.
         resume: continue from ``run_dir/train_state`` exactly where it stopped.
     """
     run_dir = Path(run_dir)
-    batch_size = None if cfg.batch_size == "all" else cfg.batch_size
-    loader = BatchLoader(train_data, batch_size, seed=seed)
-    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    batch_size = len(train) if cfg.batch_size == "all" else min(cfg.batch_size, len(train))
+    eval_batch_size = cfg.eval_batch_size or (256 if cfg.batch_size == "all" else cfg.batch_size)
+    lengths = _lengths(task, train) if cfg.group_by_length else None
+    sampler = EpochSampler(len(train), batch_size, seed, lengths=lengths)
+    steps_per_epoch = math.ceil(sampler.batches_per_epoch() / cfg.grad_accum_steps)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.schedule, total_steps)
-    stopping = EarlyStopping(cfg.early_stopping, task) if cfg.early_stopping and val_data else None
+    stopping = EarlyStopping(cfg.early_stopping, task) if cfg.early_stopping and validation else None
 
     step, elapsed, samples_seen, stopped_early = 0, 0.0, 0, False
     if resume:
         step, elapsed, samples_seen, stopped_early = _restore(
-            run_dir, model, optimizer, scheduler, loader, stopping
+            run_dir, model, optimizer, scheduler, sampler, stopping
         )
         trim_metrics(run_dir / "metrics.jsonl", step)
     else:
@@ -88,28 +88,37 @@ def fit(
 
     logger = RunLogger(run_dir / "metrics.jsonl", total_steps, show=show_progress)
     if resume:
-        logger.message(f"resumed at step {step}/{total_steps} (epoch {loader.epoch})")
+        logger.message(f"resumed at step {step}/{total_steps} (epoch {sampler.epoch})")
+    batches = train_batches(
+        TaskDataset(train, task.encode, seed, train=True), sampler, task.collate, cfg.num_workers
+    )
     model.train()
     try:
         while step < total_steps and not stopped_early:
             started = time.perf_counter()
-            # --- one optimizer step over up to grad_accum_steps micro-batches of this epoch ---
-            micro = min(cfg.grad_accum_steps, len(loader) - loader.position)
+            # --- one optimizer step over the micro-batches of one accumulation window ---
+            window = []
+            for planned, batch in batches:
+                window.append((planned, batch))
+                if len(window) == cfg.grad_accum_steps or planned.epoch_done:
+                    break
+            num_items = sum(batch["num_items"] for _, batch in window)
             optimizer.zero_grad(set_to_none=True)
-            step_loss, epoch_done = 0.0, False
-            for _ in range(micro):
-                (*inputs, targets), epoch_done = loader.next_batch()
-                loss = task.loss(model(*inputs), targets)
+            loss_sum = 0.0
+            for planned, batch in window:
+                loss = task.loss(model, to_device(batch, device))  # summed over the batch's items
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"training stopped: the loss became {loss.item()} at step {step + 1} "
-                        f"(epoch {loader.epoch + 1}). The last good checkpoint is kept in "
+                        f"(epoch {planned.epoch + 1}). The last good checkpoint is kept in "
                         f"{run_dir / ckpt.STATE_DIR}. Lower train.optimizer.lr, set train.grad_clip, "
                         f"or check the data for extreme values."
                     )
-                (loss / micro).backward()
-                step_loss += loss.item() / micro
-                samples_seen += len(targets)
+                (loss / num_items).backward()
+                loss_sum += loss.item()
+                samples_seen += len(planned.keys)
+            sampler.advance(window[-1][0])
+            epoch_done = window[-1][0].epoch_done
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -120,29 +129,19 @@ def fit(
             # --- bookkeeping: log, evaluate, checkpoint ---
             speed = samples_seen / elapsed if elapsed else 0.0
             lr = optimizer.param_groups[0]["lr"]
-            logger.step(
-                step, loader.epoch, step_loss, lr, speed, record=step % cfg.log_every == 0 or epoch_done
-            )
+            record = step % cfg.log_every == 0 or epoch_done or step == 1
+            logger.step(step, sampler.epoch, loss_sum / num_items, lr, speed, record=record)
             eval_due = (step % cfg.eval_every == 0) if cfg.eval_every else epoch_done
-            if val_data is not None and (eval_due or step == total_steps):
-                metrics = validate(model, task, *val_data)
-                logger.evaluation(step, loader.epoch, "validation", metrics)
+            if validation is not None and (eval_due or step == total_steps):
+                metrics = evaluate_records(model, task, validation, eval_batch_size, device, cfg.num_workers)
+                metrics = scalar_metrics(metrics)
+                logger.evaluation(step, sampler.epoch, "validation", metrics)
                 if stopping and stopping.update(metrics, step, model):
                     stopped_early = True
                     logger.message(f"early stopping at step {step}: {stopping.describe()}")
             if step % cfg.checkpoint_every == 0 or epoch_done or step == total_steps or stopped_early:
-                _save(
-                    run_dir,
-                    step,
-                    elapsed,
-                    samples_seen,
-                    model,
-                    optimizer,
-                    scheduler,
-                    loader,
-                    stopping,
-                    stopped_early,
-                )
+                _save(run_dir, step, elapsed, samples_seen, model, optimizer, scheduler, sampler, stopping,
+                      stopped_early)  # fmt: skip
     finally:
         logger.close()
 
@@ -150,12 +149,21 @@ def fit(
         model.load_state_dict(stopping.best_state)
     return FitResult(
         step,
-        loader.epoch,
+        sampler.epoch,
         elapsed,
         samples_seen / elapsed if elapsed else 0.0,
         stopped_early,
         stopping.summary() if stopping else None,
     )
+
+
+def _lengths(task, records: Records) -> np.ndarray:
+    first = task.length(records[0]) if len(records) else None
+    if first is None:
+        raise UserError(
+            f"train.group_by_length: task {task.name} has no example length to group by; remove it."
+        )
+    return np.asarray([task.length(example) for example in records], dtype=np.int64)
 
 
 class EarlyStopping:
@@ -181,10 +189,19 @@ class EarlyStopping:
         value = metrics[self.cfg.metric]
         if self.best_value is None or self.sign * (value - self.best_value) > self.cfg.min_delta:
             self.best_value, self.best_step, self.bad_evals = value, step, 0
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self._keep(model)
             return False
         self.bad_evals += 1
         return self.bad_evals >= self.cfg.patience
+
+    def _keep(self, model: nn.Module) -> None:
+        """Copy the weights into CPU buffers allocated once (no new allocation per improvement; on a GPU
+        the copy does not hold device memory)."""
+        state = model.state_dict()
+        if self.best_state is None:
+            self.best_state = {k: torch.empty_like(v, device="cpu") for k, v in state.items()}
+        for k, v in state.items():
+            self.best_state[k].copy_(v.detach(), non_blocking=True)
 
     def describe(self) -> str:
         return (
@@ -208,27 +225,31 @@ class EarlyStopping:
         self.best_state = best or None
 
 
-def _save(run_dir, step, elapsed, samples_seen, model, optimizer, scheduler, loader, stopping, stopped_early):
+def _save(
+    run_dir, step, elapsed, samples_seen, model, optimizer, scheduler, sampler, stopping, stopped_early
+):
     optim_tensors, optim_meta = ckpt.optimizer_to_flat(optimizer.state_dict())
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update(optim_tensors)
+    tensors = {f"model.{k}": v.cpu() for k, v in model.state_dict().items()}
+    tensors.update({k: v.cpu() for k, v in optim_tensors.items()})
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors.update({f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
     if stopping and stopping.best_state is not None:
         tensors.update({f"best.{k}": v for k, v in stopping.best_state.items()})
     meta = {
         "optimizer": optim_meta,
         "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
-        "loader": loader.state_dict(),
+        "sampler": sampler.state_dict(),
         "early_stopping": stopping.state() if stopping else None,
         "elapsed_s": elapsed,
         "samples_seen": samples_seen,
-        "epoch": loader.epoch,
+        "epoch": sampler.epoch,
         "stopped_early": stopped_early,
     }
     ckpt.save_train_state(run_dir, step, tensors, meta)
 
 
-def _restore(run_dir, model, optimizer, scheduler, loader, stopping) -> tuple[int, float, int, bool]:
+def _restore(run_dir, model, optimizer, scheduler, sampler, stopping) -> tuple[int, float, int, bool]:
     found = ckpt.load_train_state(run_dir)
     if found is None:
         raise UserError(
@@ -238,8 +259,15 @@ def _restore(run_dir, model, optimizer, scheduler, loader, stopping) -> tuple[in
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
     scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
-    loader.load_state_dict(meta["loader"])
+    sampler.load_state_dict(meta["sampler"])
     torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors, key=_cuda_index) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     if stopping and meta["early_stopping"]:
         stopping.load(meta["early_stopping"], tensors)
     return meta["step"], meta["elapsed_s"], meta["samples_seen"], meta["stopped_early"]
+
+
+def _cuda_index(key: str) -> int:
+    return int(key.rsplit(".", 1)[1]) if key.startswith("rng.cuda.") else -1

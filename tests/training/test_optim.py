@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bigmodel.recipe.schema import OPTIMIZERS, OptimizerConfig, ScheduleConfig
-from bigmodel.train.optim import build_optimizer, build_scheduler, lr_factor
+from bigmodel.training.optim import build_optimizer, build_scheduler, lr_factor
 
 TORCH_CLASS = {
     "sgd": torch.optim.SGD,

@@ -2,7 +2,7 @@
 
 import json
 
-from bigmodel.train.log import RunLogger, trim_metrics
+from bigmodel.training.log import RunLogger, trim_metrics
 
 
 def test_plain_lines_when_not_a_terminal(tmp_path, capsys):

@@ -55,7 +55,8 @@ class RunLogger:
 
     def step(self, step: int, epoch: int, loss: float, lr: float, samples_per_s: float, record: bool) -> None:
         if record:
-            self.write({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": samples_per_s})
+            self.write({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": samples_per_s,
+                        "time": round(time.time(), 3)})  # fmt: skip
         if not self.show:
             return
         if self._progress is not None:

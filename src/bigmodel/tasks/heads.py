@@ -1,0 +1,94 @@
+"""Heads the tasks put on a family's features: one rule for every family.
+
+A family built headless (``num_outputs=0``) returns features; a text encoder returns hidden states
+from ``encode(input_ids, attention_mask)``. The task composes it with its head here, so the state
+dict is always ``backbone.*`` + ``head.*`` and the pipeline injects nothing into family configs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLINGS = ("auto", "pooler", "cls", "mean")
+
+
+class FeatureModel(nn.Module):
+    """``head(dropout(backbone(x)))``: a headless tabular or image family + a linear head.
+
+    Args:
+        backbone: returns ``(B, backbone.feature_dim)``.
+        num_outputs: classes (or 1 for regression).
+        dropout: before the head (the families already drop out their features where configured).
+    """
+
+    def __init__(self, backbone: nn.Module, num_outputs: int, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.feature_dim, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.backbone(x)))  # (B, num_outputs)
+
+
+class TextModel(nn.Module):
+    """``backbone.encode(ids, mask) -> (B, T, H)`` → one vector per text → dropout → ``head``.
+
+    Pooling: ``pooler`` is BERT's ``tanh(dense(h[CLS]))`` (what transformers'
+    ``BertForSequenceClassification`` reads, Devlin et al. 2019 §4.1), ``cls`` the first hidden state,
+    ``mean`` the average over real tokens; ``auto`` = pooler when the backbone has one, else cls for
+    BERT-layout encoders (their [CLS] is trained for it), else mean.
+
+    Args:
+        backbone: a text encoder family (``encode``, ``feature_dim``, ``config``).
+        num_outputs: classes.
+        dropout: before the head; None = the backbone's ``dropout`` (transformers' default).
+        pooling: one of :data:`POOLINGS`.
+        init_std: std of the head's normal init (BERT's ``init_std`` when the backbone has one).
+    """
+
+    def __init__(
+        self, backbone: nn.Module, num_outputs: int, dropout: float | None = None, pooling: str = "auto"
+    ):
+        super().__init__()
+        config = backbone.config
+        self.backbone = backbone
+        self.pooling = resolve_pooling(backbone, pooling)
+        self.uses_token_types = getattr(config, "type_vocab_size", 0) > 0
+        self.drop = nn.Dropout(getattr(config, "dropout", 0.0) if dropout is None else dropout)
+        self.head = nn.Linear(backbone.feature_dim, num_outputs)
+        nn.init.normal_(self.head.weight, std=getattr(config, "init_std", 0.02))
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        extra = (
+            {"token_type_ids": token_type_ids} if self.uses_token_types and token_type_ids is not None else {}
+        )
+        hidden = self.backbone.encode(input_ids, attention_mask, **extra)  # (B, T, H)
+        if self.pooling == "pooler":
+            pooled = self.backbone.pool(hidden)
+        elif self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.head(self.drop(pooled))  # (B, num_outputs)
+
+
+def resolve_pooling(backbone: nn.Module, pooling: str) -> str:
+    has_pooler = getattr(backbone, "pooler", None) is not None
+    if pooling == "pooler" and not has_pooler:
+        raise ValueError(
+            f"pooling 'pooler' needs a backbone with a pooler; {type(backbone).__name__} has none"
+        )
+    if pooling != "auto":
+        return pooling
+    if has_pooler:
+        return "pooler"
+    return "cls" if hasattr(backbone.config, "type_vocab_size") else "mean"

@@ -1,0 +1,174 @@
+"""What classification and regression of rows share: the fitted feature encoder, a headless family
+with a linear head, and parsing rows, records, arrays and files. Not a task by itself."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bigmodel.data.records import Records
+from bigmodel.data.tabular import TabularEncoder, clean_labels
+from bigmodel.errors import DataError, RecipeError
+from bigmodel.models.registry import build_config
+from bigmodel.tasks.base import Task, label_column, parse_records
+from bigmodel.tasks.heads import FeatureModel
+
+# Config fields the task sets from the data; a recipe may not.
+_TASK_FIELDS = ("input_shape", "num_outputs")
+
+
+class TabularTask(Task):
+    """A task whose examples are rows of features (numbers, categories, arrays such as images)."""
+
+    num_outputs = 1
+
+    def __init__(self, options, data: dict):
+        super().__init__(options, data)
+        self.features = TabularEncoder()
+        self._notes: list[str] = []
+
+    # -- recipe and fitting -------------------------------------------------------------------------
+
+    def check(self, recipe, family) -> None:
+        if recipe.data.text is not None:
+            raise RecipeError(
+                f"data.text: task {self.name} reads feature columns, not text. Use task text_classification."
+            )
+        if recipe.model.pretrained is not None:
+            raise RecipeError(
+                f"model.pretrained: task {self.name} trains from scratch; remove model.pretrained."
+            )
+        fields = family.config_fields()
+        if "input_shape" not in fields:
+            raise RecipeError(
+                f"model.arch: task {self.name} reads rows of features (numbers, categories, images) and "
+                f"needs a family that takes a feature tensor (mlp, cnn, resnet); '{family.name}' reads token "
+                f"sequences. For text use task text_classification with data.text."
+            )
+        for key in _TASK_FIELDS:
+            if key in recipe.model.options():
+                raise RecipeError(f"model.{key}: set by the task from the data; remove it from the recipe.")
+
+    def clean(self, records: Records, split: str) -> Records:
+        """Leave out examples whose label is missing, and say how many."""
+        label = label_column(self.data, records)
+        rows = [records.row_number(i) for i in range(len(records))]
+        kept, notes = clean_labels(records.column(label), f"{records.where} ({split} split)", label, rows)
+        self._notes += notes
+        return records if len(kept) == len(records) else records.select(kept)
+
+    def fit(self, train: Records) -> None:
+        label = label_column(self.data, train)
+        columns = {name: train.column(name) for name in train.columns}
+        rows = [train.row_number(i) for i in range(len(train))]
+        self._notes += self.features.fit(
+            columns,
+            label,
+            self.data.get("features"),
+            normalize=self.data.get("normalize", "standard"),
+            categorical_columns=self.data.get("categorical"),
+            missing=self.data.get("missing", "impute"),
+            where=train.where,
+            row_numbers=rows,
+        )
+        self.fit_targets(train.column(label), train.where)
+
+    def fit_targets(self, values: list, where: str) -> None:
+        raise NotImplementedError
+
+    def validate(self, records: Records, split: str) -> None:
+        rows = [records.row_number(i) for i in range(len(records))]
+        where = f"{records.where} ({split} split)"
+        self.features.encode_many({name: records.column(name) for name in self.features.columns}, where=where,
+                                  row_numbers=rows)  # fmt: skip
+        label = label_column(self.data, records)
+        for i, value in enumerate(records.column(label)):
+            try:
+                self.encode_target(value)
+            except DataError as exc:
+                raise DataError(f"{where}, row {rows[i]}, column '{label}': {exc}") from None
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+    def state(self) -> dict:
+        return {**super().state(), "features": self.features.state()}
+
+    @classmethod
+    def restore(cls, state: dict, run_dir: Path) -> TabularTask:
+        task = super().restore(state, run_dir)
+        task.features = TabularEncoder.from_state(state["features"])
+        return task
+
+    # -- model --------------------------------------------------------------------------------------
+
+    def build_model(self, family, options: dict, pretrained: str | None) -> nn.Module:
+        fields = {"input_shape": tuple(self.features.input_shape), "num_outputs": 0}
+        backbone = family.model_cls(build_config(family, {**fields, **options}))
+        return FeatureModel(backbone, self.num_outputs)
+
+    # -- examples -----------------------------------------------------------------------------------
+
+    def encode(self, example: dict, rng: np.random.Generator | None) -> dict:
+        x = torch.from_numpy(self.features.encode(example))
+        label = self.data.get("label") or "label"
+        y = self.encode_target(example[label]) if label in example else None
+        return {"x": x, "y": y}
+
+    def encode_target(self, value):
+        raise NotImplementedError
+
+    def collate(self, items: list[dict]) -> dict:
+        batch = {"x": torch.stack([item["x"] for item in items]), "num_items": len(items)}
+        if items[0]["y"] is not None:
+            batch["y"] = torch.as_tensor([item["y"] for item in items])
+        return batch
+
+    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["x"])
+
+    # -- prediction ---------------------------------------------------------------------------------
+
+    def parse(self, raw) -> list[dict]:
+        """A file, records (dicts keyed by column), or an array of rows shaped like the features."""
+        if isinstance(raw, (str, Path, Mapping)) or (
+            isinstance(raw, (list, tuple)) and raw and isinstance(raw[0], Mapping)
+        ):
+            label = self.data.get("label") or "label"  # a file's label column is not an input
+            return [{k: v for k, v in row.items() if k != label} for row in parse_records(raw)]
+        array = raw.numpy() if isinstance(raw, torch.Tensor) else raw
+        try:
+            array = np.asarray(array, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DataError(
+                "inputs: expected a file, records (dicts keyed by column) or an array of numbers; "
+                f"got {type(raw).__name__} that is not numeric."
+            ) from None
+        return self._rows_from_array(array)
+
+    def _rows_from_array(self, array: np.ndarray) -> list[dict]:
+        """Rows of an array as records: one array column takes each row whole (an image); numeric
+        columns take the row's values in order. Categorical columns need records."""
+        columns, kinds = self.features.columns, self.features.kinds
+        shape = tuple(self.features.input_shape)
+        width = math.prod(shape)
+        if array.ndim == 1 and array.size == width:  # a single row
+            array = array.reshape(1, width)
+        if array.ndim < 2 or math.prod(array.shape[1:]) != width:
+            raise DataError(
+                f"inputs: shape {tuple(array.shape)} does not fit this model; expected (N, {width}) or "
+                f"(N, {', '.join(map(str, shape))}) — {width} values per row."
+            )
+        if len(columns) == 1 and kinds[columns[0]] == "array":
+            return [{columns[0]: row.reshape(shape)} for row in array]
+        if any(kind != "numeric" for kind in kinds.values()):
+            raise DataError(
+                "inputs: this model reads categorical columns; "
+                "give records (dicts keyed by column) or a file."
+            )
+        return [dict(zip(columns, row.reshape(-1).tolist(), strict=True)) for row in array]

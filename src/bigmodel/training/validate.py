@@ -1,0 +1,63 @@
+"""Streaming evaluation: batches flow through the task's metric, one at a time.
+
+Memory is bounded by one batch whatever the split's size (a language model's logits for a split do
+not fit in memory); the metric's state is sums that merge across processes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bigmodel.data.loader import TaskDataset, eval_batches, to_device
+from bigmodel.data.records import Records
+
+
+@torch.no_grad()
+def evaluate_records(
+    model: nn.Module,
+    task,
+    records: Records,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> dict:
+    """The task's metrics (its ``metric().compute()``) over ``records``, in eval mode.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    metric = task.metric()
+    dataset = TaskDataset(records, task.encode, train=False)
+    try:
+        for batch in eval_batches(dataset, batch_size, task.collate, num_workers):
+            batch = to_device(batch, device)
+            metric.update(task.forward(model, batch), batch)
+    finally:
+        model.train(was_training)
+    return metric.compute()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = CUDA, else MPS, else CPU; an explicit device that is absent is a clear error."""
+    from bigmodel.errors import RecipeError
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(
+            f"train.device: {name!r}, but this PyTorch sees no CUDA device ({torch.__version__}). "
+            "Use train.device=auto or cpu."
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RecipeError(f"train.device: {name!r}, but only {torch.cuda.device_count()} CUDA devices exist.")
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise RecipeError(f"train.device: {name!r}, but MPS is not available here. Use auto or cpu.")
+    return device
