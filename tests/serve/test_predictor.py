@@ -129,12 +129,6 @@ def test_predict_records(predictor):
     assert predictor.predict(as_records(x)) == out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DataError,
-    reason="src bug: parse_records -> records_from_rows requires every record to have the first record's "
-    "keys, extra and label keys included ('inputs: record 2 lacks 'comment''), instead of ignoring them",
-)
 def test_predict_records_with_extra_keys_on_some_records_only(predictor):
     x = rows(4, seed=3)
     records = as_records(x)

@@ -128,11 +128,11 @@ class TextTokenizer:
         # Truncation must happen between tokenization and post-processing, and the Python API only
         # hands out post-processed encodings. So a copy without post-processor produces the raw
         # encodings (running the real one twice would, e.g., shift ByteLevel's trimmed offsets twice).
-        spec = json.loads(tokenizer.to_str())
-        self._raw = Tokenizer.from_str(tokenizer.to_str())
+        serialized = tokenizer.to_str()
+        self._raw = Tokenizer.from_str(serialized)
         self._raw.post_processor = None
         self._raw.encode_special_tokens = tokenizer.encode_special_tokens
-        self._pair_type_ids_kept = not _sets_type_ids(spec.get("post_processor"))
+        self._pair_type_ids_kept = not _sets_type_ids(json.loads(serialized).get("post_processor"))
 
     # -- vocabulary ---------------------------------------------------------------------------------
 
@@ -384,15 +384,15 @@ def _truncate_longest_first(first, second, max_length: int) -> None:
 
 
 def _cut(encoding, length: int) -> None:
-    """``encoding.truncate(length)``, leaving one overflowing piece instead of one per ``length`` tokens.
+    """``encoding.truncate(length)``, leaving one or two overflowing pieces, not one per ``length`` tokens.
 
     The library keeps the cut-off tokens as overflowing pieces, and post-processing a pair combines
     every piece of one side with every piece of the other: quadratic, 0.3 s for a 200-token pair cut to
-    5. Halving step by step (each truncate replaces the pieces) leaves a single piece per side.
+    5. Halving step by step (each truncate replaces the pieces) leaves at most two per side.
     """
     n = len(encoding.ids)
     while n > length:
-        n = max(length, (n + 1) // 2)
+        n = max(length, n // 2)
         encoding.truncate(n)
 
 
@@ -534,7 +534,8 @@ def train_tokenizer(
             token's offsets cover the space its ``▁`` stands for (none before the first word).
         ``unigram``: the unigram language model (Kudo 2018), same normalization and words as ``bpe``.
         ``wordpiece``: BERT's WordPiece: BERT's normalizer (lowercasing also strips accents),
-            punctuation split off, ``##`` continuations; decode joins words with single spaces.
+            punctuation split off, ``##`` continuations; decode joins words with single spaces
+            (re-attaching ``. , ? !``, not apostrophes: ``brother ' s``).
         ``char``: one token per character, whitespace and newlines included (character-level
             language models): a word-level vocabulary whose "words" are single characters. Chosen
             over BPE with zero merges because it is one token per character by construction, and
@@ -626,7 +627,12 @@ class _Counted:
 
 
 def _sentencepiece_style(lowercase: bool):
-    """NFKC (+ lowercase) and spaces as ``▁`` (SentencePiece's scheme): lossless up to normalization."""
+    """NFKC (+ lowercase) and spaces as ``▁`` (SentencePiece's scheme): lossless up to normalization.
+
+    No ``▁`` is prepended to the text (GPT-2 does the same): a prepended one has no character of its
+    own, so its offsets would overlap the first word's and ``decode`` could not tell whether the text
+    began with a space. The price: a text's first word tokenizes unlike the same word after a space.
+    """
     from tokenizers import decoders, normalizers, pre_tokenizers
 
     normalizer = normalizers.Sequence([normalizers.NFKC(), *([normalizers.Lowercase()] if lowercase else [])])

@@ -1,15 +1,11 @@
 """Files that must never be torn: atomic writes, and tensors in safetensors (never pickle).
 
-Atomic = write a temporary file in the same folder, fsync it, rename it over the target, fsync the
-folder. A crash at any instant leaves either the old file or the new one, never a torn one.
+Atomic writes come from ``data/io.py``: temporary file, fsync, rename, fsync the folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -17,40 +13,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bigmodel.data.io import atomic_path, atomic_write_text
 from bigmodel.errors import RunDirError
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success fsync it and rename it to ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json(path: Path, data) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
 
 
 def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -64,7 +36,7 @@ def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
             aliases[key] = seen[ident]
         else:
             seen[ident] = key
-            unique[key] = t.detach().contiguous()
+            unique[key] = t.detach().cpu().contiguous()
             if t.numel() and ptr in storages:
                 unique[key] = unique[key].clone()
             storages.add(ptr)

@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from bigmodel.data.records import Records, records_from_rows
+from bigmodel.data.records import Records
 from bigmodel.data.sources import load_source
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 
@@ -186,21 +186,22 @@ def parse_options(cls: type[Task], options: Mapping[str, Any]) -> BaseModel:
 
 
 def parse_records(raw, where: str = "inputs") -> list[dict]:
-    """A data file (a ``Path``, or a ``str`` naming an existing .csv/.jsonl/.parquet file), one record
-    (a dict) or a list of records, as a list of dicts."""
-    if isinstance(raw, Path) or (
-        isinstance(raw, str) and Path(raw).suffix.lower() in FILE_SCHEMES and Path(raw).is_file()
-    ):
+    """A data file (a ``Path``, or a ``str`` ending in .csv/.jsonl/.json/.parquet), one record (a dict)
+    or a list of records, as a list of dicts. Records may differ in their extra keys."""
+    if isinstance(raw, Path) or (isinstance(raw, str) and Path(raw).suffix.lower() in FILE_SCHEMES):
         path = Path(raw)
         scheme = FILE_SCHEMES.get(path.suffix.lower())
         if scheme is None:
-            raise DataError(f"{path}: unknown file type '{path.suffix}'. Allowed: {', '.join(FILE_SCHEMES)}.")
+            allowed = ", ".join(FILE_SCHEMES)
+            raise DataError(f"{where}: unknown file type '{path.suffix}'. Allowed: {allowed}.")
+        if not path.is_file():
+            raise DataError(f"{where}: file not found: '{path}'.")
         (records,) = load_source(f"{scheme}:{path}").values()
         return list(records)
     if isinstance(raw, Mapping):
         return [dict(raw)]
     if isinstance(raw, (list, tuple)) and raw and all(isinstance(r, Mapping) for r in raw):
-        return list(records_from_rows(raw, where))
+        return [dict(r) for r in raw]
     raise DataError(
         f"{where}: expected a .csv/.jsonl/.parquet file, a record (dict) or a list of records; "
         f"got {type(raw).__name__}."

@@ -159,7 +159,11 @@ class TabularTask(Task):
         width = math.prod(shape)
         if array.ndim == 1 and array.size == width:  # a single row
             array = array.reshape(1, width)
-        if array.ndim < 2 or math.prod(array.shape[1:]) != width:
+        if array.ndim == len(shape) and array.shape == shape and len(shape) > 1:  # a single image
+            array = array[None]
+        fits = array.ndim == 2 and array.shape[1] == width  # (N, width)
+        fits = fits or (array.ndim >= 2 and math.prod(array.shape[1:]) == width and len(shape) > 1)  # images
+        if not fits:
             raise DataError(
                 f"inputs: shape {tuple(array.shape)} does not fit this model; expected (N, {width}) or "
                 f"(N, {', '.join(map(str, shape))}) — {width} values per row."

@@ -63,6 +63,7 @@ def fit(
         resume: continue from ``run_dir/train_state`` exactly where it stopped.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     model.to(device)
     batch_size = len(train) if cfg.batch_size == "all" else min(cfg.batch_size, len(train))
