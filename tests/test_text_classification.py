@@ -148,3 +148,59 @@ def test_fine_tunes_the_real_minilm(tmp_path):
     assert run.metrics["train"]["steps"] == 2
     assert json.loads((run.path / "model.json").read_text())["config"]["embed_dim"] == 384
     assert bigmodel.load(run.path).predict(["a bowl of soup needs salt"])[0]["label"] in {"sports", "cooking"}
+
+
+def test_text_pairs_from_scratch(tmp_path):
+    """NLI-style pairs: [CLS] A [SEP] B [SEP] with segment ids 1 on B (for BERT), a tokenizer trained
+    on both columns, and a predictor that takes (text, pair) tuples."""
+    rows = write_text_csv(tmp_path / "t.csv", n=120)
+    lines = rows.read_text().splitlines()[1:]
+    texts = [line.split(",")[1] for line in lines]
+    topics = [line.split(",")[2] for line in lines]
+    with open(tmp_path / "pairs.csv", "w") as f:
+        f.write("premise,hypothesis,label\n")
+        for i in range(len(texts)):
+            j = (i * 7 + 3 + i // 3) % len(texts)
+            f.write(f"{texts[i]},{texts[j]},{'same' if topics[i] == topics[j] else 'different'}\n")
+    spec = {
+        "name": "pairs",
+        "data": {
+            "source": f"csv:{tmp_path / 'pairs.csv'}",
+            "text": "premise",
+            "text_pair": "hypothesis",
+            "label": "label",
+            "max_length": 40,
+        },  # fmt: skip
+        "task": {
+            "name": "text_classification",
+            "tokenizer": {"kind": "wordpiece", "vocab_size": 150, "min_frequency": 1},
+        },
+        "model": {
+            "arch": "bert",
+            "embed_dim": 16,
+            "num_layers": 1,
+            "num_heads": 2,
+            "ffn_dim": 32,
+            "max_positions": 64,
+        },
+        "train": {"epochs": 1, "batch_size": 16},
+    }
+    run = bigmodel.train(spec, output=tmp_path / "runs", progress=False)
+    model, task, _ = bigmodel.open_run(run.path)
+    example = {"premise": texts[0], "hypothesis": texts[1], "label": "same"}
+    item = task.encode(example, None)
+    expected = task.tokenizer.encode_one(texts[0], texts[1], max_length=40)
+    assert item["ids"] == expected.ids and item["type_ids"] == expected.type_ids
+    batch = task.collate([item, task.encode({**example, "hypothesis": "soup"}, None)])
+    first_sep = item["ids"].index(task.tokenizer.sep_token_id)
+    assert batch["token_type_ids"][0, : first_sep + 1].eq(0).all()
+    assert batch["token_type_ids"][0, first_sep + 1 : len(item["ids"])].eq(1).all()
+    assert batch["attention_mask"].sum(1).tolist() == [
+        len(item["ids"]),
+        batch["attention_mask"][1].sum().item(),
+    ]
+    predictor = bigmodel.load(run.path)
+    out = predictor.predict([(texts[0], texts[1]), (texts[2], texts[3])])
+    assert [set(o["probabilities"]) for o in out] == [{"different", "same"}] * 2
+    with pytest.raises(bigmodel.UserError, match="text pairs"):
+        predictor.predict(["only one text"])

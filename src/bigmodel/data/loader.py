@@ -150,9 +150,13 @@ def eval_batches(
     num_workers: int = 0,
     rank: int = 0,
     world: int = 1,
+    lengths: np.ndarray | None = None,
 ) -> DataLoader:
-    """Batches in order for evaluation; rank r of w takes every w-th example."""
-    indices = list(range(rank, len(dataset), world))
+    """Batches for evaluation; rank r of w takes every w-th example. With ``lengths``, examples go
+    longest first, so each batch holds similar lengths and pads little (metrics do not depend on
+    the order)."""
+    indices = list(range(len(dataset))) if lengths is None else np.argsort(-lengths, kind="stable").tolist()
+    indices = indices[rank::world]
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     return DataLoader(
         dataset, batch_sampler=chunks, collate_fn=collate, num_workers=num_workers, generator=_own_generator()

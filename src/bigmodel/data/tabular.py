@@ -2,8 +2,8 @@
 
 Everything is decided on the train split alone, so validation and test data never leak in:
 
-* **Missing values** are ``None``, NaN and the strings ``""``, ``NA``, ``N/A``, ``null``, ``None``,
-  ``?`` and ``nan`` (case-insensitive, surrounding spaces ignored). Infinite numbers count as missing.
+* **Missing values** are those of :func:`~bigmodel.data.values.is_missing` (``None``, NaN, ``""``,
+  ``NA``, ...). Infinite numbers count as missing.
 * **Column kinds.** ``numeric``: every non-missing value is a number (Python/NumPy numbers, numeric
   strings such as ``"1e-3"`` or ``" 3 "``; a column holding only booleans is numeric 1/0).
   ``array``: every value is a list/array of one numeric shape (an image). ``categorical``: anything
@@ -13,9 +13,9 @@ Everything is decided on the train split alone, so validation and test data neve
   least 20 rows. ``categorical_columns`` are never dropped as ids.
 * **Dirty numbers.** A column where at least 90 % of the non-missing values are plain numbers, or
   at least 90 % look numeric once formatted numbers (``"1,234"``, ``"12%"``, ``"$3.50"``, ``"3.5 kg"``:
-  thousands separators, %, a currency sign, a space and a unit of up to 3 letters) are counted, is
-  never silently made categorical: its first other value raises a DataError naming the row and the
-  value. Below that share the column is categorical.
+  see :func:`~bigmodel.data.values.looks_formatted`) are counted, is never silently made categorical:
+  its first other value raises a DataError naming the row and the value. Below that share the column
+  is categorical.
 * **Missing policy.** ``impute``: numbers take the train median; categories take their own one-hot
   slot ``name=<missing>`` (present only when the train split had missing values; otherwise a missing
   value encodes as all zeros, like an unseen category). ``refuse``: a DataError names the row and
@@ -26,8 +26,8 @@ Everything is decided on the train split alone, so validation and test data neve
   Normalisation (``standard``: per input; ``global``: one mean/std; ``none``) is fitted on the train
   split and applied to the numeric part only; one-hot slots stay 0/1.
 
-Category and class names are canonical strings, so ``1``, ``1.0``, ``"1"`` and ``" 1.0 "`` are one
-category (whole numbers print as integers). A fitted encoder is read-only: ``encode`` may run in many
+Category names are canonical strings (:func:`~bigmodel.data.values.class_name`), so ``1``, ``1.0``,
+``"1"`` and ``" 1.0 "`` are one category. A fitted encoder is read-only: ``encode`` may run in many
 threads or DataLoader workers at once.
 """
 
@@ -39,13 +39,23 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import numpy as np
 
+from bigmodel.data.values import (
+    category_keys,
+    cell_location,
+    class_name,
+    describe_rows,
+    is_missing,
+    looks_formatted,
+    parse_number,
+    parse_numbers,
+    resolve_row_numbers,
+    short_repr,
+)
 from bigmodel.errors import DataError, did_you_mean, unknown_name
 
-MISSING_TOKENS = frozenset({"", "na", "n/a", "null", "none", "?", "nan"})
 NUMERIC_SHARE = 0.9  # a column this numeric is a numeric column with dirty values, not categories
 ID_MIN_ROWS = 20  # fewer distinct values than this prove nothing about a column being an id
 MANY_CATEGORIES = 100  # above this a note warns about a wide one-hot input
@@ -55,175 +65,12 @@ NORMALIZE = ("standard", "global", "none")
 MISSING = ("impute", "refuse")
 CATEGORICAL = ("onehot",)
 MISSING_SLOT = "<missing>"
-_UNSET = object()
 
 _ID_NAMES = {"id", "uuid", "guid", "index", "idx", "row", "row_id", "rowid", "row_number", "unnamed:_0"}
 _INTEGER = re.compile(r"\s*[-+]?\d+\s*")
-_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-_FORMATTED = re.compile(
-    rf"(?P<currency>[$€£¥]\s?)?{_NUMBER}(?P<percent>\s?%)?(?P<unit>\s[^\W\d_]{{1,3}}(?:/[^\W\d_]{{1,3}})?)?"
-)
 
 
-# --------------------------------------------------------------------------------------------- values
-
-
-def is_missing(value: object) -> bool:
-    """Whether ``value`` is a missing value: None, NaN, or one of :data:`MISSING_TOKENS`."""
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return value.strip().lower() in MISSING_TOKENS
-    if isinstance(value, float | np.floating):
-        return math.isnan(value)
-    return False
-
-
-def class_name(value: object) -> str | None:
-    """The canonical string of a label or category; None when the value is missing.
-
-    Numbers and numeric strings print as numbers, whole ones as integers, so ``1``, ``1.0``, ``"1"``
-    and ``" 1.0 "`` all give ``"1"``; other strings are stripped; booleans give ``"True"``/``"False"``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        s = value.strip()
-        if s.lower() in MISSING_TOKENS:
-            return None
-        try:
-            return str(int(s))  # exact for big integers, which float() would round
-        except ValueError:
-            pass
-        try:
-            return _number_name(float(s))
-        except ValueError:
-            return s
-    if isinstance(value, bool | np.bool_):
-        return str(bool(value))
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real | Decimal):
-        f = float(value)
-        return None if math.isnan(f) else _number_name(f)
-    return str(value)
-
-
-def _number_name(f: float) -> str | None:
-    if math.isnan(f):
-        return None
-    if math.isfinite(f) and f.is_integer() and abs(f) < 2**63:
-        return str(int(f))
-    return repr(f)
-
-
-def clean_labels(
-    values: Sequence, where: str, label: str, row_numbers: Sequence[int] | None = None
-) -> tuple[np.ndarray, list[str]]:
-    """Find the rows whose label is present; missing labels are dropped with a note, never silently.
-
-    Args:
-        values: the label column.
-        where: the file (or split) the column came from, for messages.
-        label: the label column's name, for messages.
-        row_numbers: each value's row number as the user's file counts them (default: index + 1).
-
-    Returns:
-        ``(kept_indices, notes)``: int64 indices of the rows to keep, and human-readable notes.
-        Use :func:`class_name` on the kept values for canonical class names.
-
-    Raises:
-        DataError: every label is missing.
-    """
-    rows = _row_numbers(row_numbers, len(values), where)
-    missing = np.fromiter((is_missing(v) for v in values), dtype=bool, count=len(values))
-    kept = np.flatnonzero(~missing)
-    if len(values) and not len(kept):
-        raise DataError(
-            f"{where}: every value of the label column '{label}' is missing ({len(values)} rows). "
-            f"Check data.label names the right column."
-        )
-    notes = []
-    if missing.any():
-        dropped = np.flatnonzero(missing)
-        rows_text = _rows_text(rows, dropped)
-        if len(dropped) == 1:
-            notes.append(f"1 row with a missing label in column '{label}' was left out ({rows_text})")
-        else:
-            notes.append(
-                f"{len(dropped)} rows with a missing label in column '{label}' were left out ({rows_text})"
-            )
-    return kept.astype(np.int64), notes
-
-
-def _scalar(value: object, allow_bool: bool) -> float | None:
-    """A float for a number (NaN for a missing value, inf kept), None for anything that is no number."""
-    t = type(value)
-    if t is float or t is int:  # the common cases first: this runs once per cell
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)  # accepts " 3 ", "1e-3", "nan", "inf"
-        except ValueError:
-            s = value.strip().lower()
-            if s in MISSING_TOKENS:
-                return math.nan
-            if allow_bool and s in ("true", "false"):
-                return float(s == "true")
-            return None
-    if value is None:
-        return math.nan
-    if isinstance(value, bool | np.bool_):
-        return float(value) if allow_bool else None
-    if isinstance(value, numbers.Real | Decimal):
-        return float(value)
-    return None
-
-
-def _parse_numbers(values: Sequence, allow_bool: bool) -> tuple[np.ndarray, list[int]]:
-    """Column to float64 (NaN where missing or not a number) and the indices that are not numbers."""
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
-        return values.astype(np.float64).reshape(-1), []
-    refused: dict[str, float | None] = {}  # strings float() refuses (NA, categories) repeat: parse once
-    parsed = []
-    for v in values:
-        if type(v) is str:
-            f = refused.get(v, _UNSET)
-            if f is _UNSET:
-                try:
-                    f = float(v)
-                except ValueError:
-                    f = refused[v] = _scalar(v, allow_bool)
-        else:
-            f = _scalar(v, allow_bool)
-        parsed.append(f)
-    bad = [i for i, f in enumerate(parsed) if f is None]
-    for i in bad:
-        parsed[i] = math.nan
-    return np.array(parsed, dtype=np.float64), bad
-
-
-def _category_keys(values: Sequence) -> list[str | None]:
-    cache: dict = {}  # local, so concurrent calls share nothing; categories repeat a lot
-    keys = []
-    for v in values:
-        try:
-            key = (v.__class__, v)  # the class too: True == 1 == 1.0 as dict keys
-            k = cache.get(key)
-            if k is None and key not in cache:
-                k = cache[key] = class_name(v)
-        except TypeError:  # unhashable
-            k = class_name(v)
-        keys.append(k)
-    return keys
-
-
-def _looks_formatted(value: object) -> bool:
-    """'1,234', '12%', '$3.50', '3.5 kg': a number a person wrote, which float() refuses."""
-    if not isinstance(value, str):
-        return False
-    m = _FORMATTED.fullmatch(value.strip())
-    return bool(m and (m["currency"] or m["percent"] or m["unit"] or "," in value))
+# ------------------------------------------------------------------------------------- column kinds
 
 
 def _is_array(value: object) -> bool:
@@ -249,31 +96,8 @@ def _all_integers(values: Sequence) -> bool:
 # ------------------------------------------------------------------------------------------- messages
 
 
-def _loc(where: str, rows: Sequence[int] | None, i: int, name: str) -> str:
-    return f"{where}: column '{name}'" if rows is None else f"{where}: row {rows[i]}, column '{name}'"
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _rows_text(rows: Sequence[int], indices: Sequence[int], limit: int = 5) -> str:
-    shown = ", ".join(str(rows[i]) for i in indices[:limit])
-    more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
-    return f"row{'s' if len(indices) > 1 else ''} {shown}{more}"
-
-
 def _fmt(x: float) -> str:
     return repr(round(float(x), 6))
-
-
-def _row_numbers(row_numbers: Sequence[int] | None, n: int, where: str) -> Sequence[int]:
-    if row_numbers is None:
-        return range(1, n + 1)
-    if len(row_numbers) != n:
-        raise DataError(f"{where}: {len(row_numbers)} row numbers were given for {n} rows.")
-    return row_numbers
 
 
 def _num_rows(columns: Mapping[str, Sequence], names: Sequence[str], where: str) -> int:
@@ -361,15 +185,15 @@ def _stack_arrays(
                 a = None
             if a is None:
                 raise DataError(
-                    f"{_loc(where, rows, i, name)}: {_short(v)} is not a numeric array; the column holds "
-                    f"arrays{'' if shape is None else f' of shape {shape}'}, which cannot be imputed. "
-                    f"Fix or drop this row."
+                    f"{cell_location(where, rows, i, name)}: {short_repr(v)} is not a numeric array; "
+                    f"the column holds arrays{'' if shape is None else f' of shape {shape}'}, which cannot "
+                    f"be imputed. Fix or drop this row."
                 )
             shape = a.shape if shape is None else shape
             if a.shape != shape:
                 raise DataError(
-                    f"{_loc(where, rows, i, name)}: an array of shape {a.shape}; the column's arrays "
-                    f"have shape {shape}. Every value of an array column needs the same shape."
+                    f"{cell_location(where, rows, i, name)}: an array of shape {a.shape}; the column's "
+                    f"arrays have shape {shape}. Every value of an array column needs the same shape."
                 )
             cells.append(a)
         out = np.stack(cells) if cells else np.zeros((0, *(shape or ())))
@@ -377,7 +201,7 @@ def _stack_arrays(
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise DataError(
-            f"{_loc(where, rows, int(i), name)}: the array holds a non-finite value "
+            f"{cell_location(where, rows, int(i), name)}: the array holds a non-finite value "
             f"({out.reshape(len(out), -1)[i, j]} at flat index {j}); array columns cannot be imputed. "
             f"Fix or drop this row."
         )
@@ -400,10 +224,10 @@ def _fit_column(
     if not forced and not explicit and _named_like_id(name):
         return None, None, [_id_note(name, _id_reason(values))]
     if not forced:
-        x, bad = _parse_numbers(values, allow_bool=False)
+        x, bad = parse_numbers(values, allow_bool=False)
         n_present = n - int(np.isnan(x).sum()) + len(bad)
         if bad and len(bad) == n_present and all(isinstance(values[i], bool | np.bool_) for i in bad):
-            x, bad = _parse_numbers(values, allow_bool=True)
+            x, bad = parse_numbers(values, allow_bool=True)
             column, x, notes = _fit_numeric(name, values, x, explicit, missing, where, rows)
             if column is not None:
                 column.boolean = True
@@ -417,7 +241,7 @@ def _fit_column(
 
 def _id_reason(values: Sequence) -> str:
     """Why a column named like an id is one: its values when they show it, else its name."""
-    n, keys = len(values), _category_keys(values)
+    n, keys = len(values), category_keys(values)
     if n >= ID_MIN_ROWS and None not in keys and len(set(keys)) == n:
         if _all_integers(values):
             return f"all {n} values distinct integers"
@@ -447,16 +271,16 @@ def _refuse_dirty_numbers(name, values, bad: list[int], n_present: int, where: s
     """Raise when a column is mostly numbers, so dirty numbers never become categories silently."""
     plain = (n_present - len(bad)) / n_present
     bad_strings = Counter(values[i] for i in bad if isinstance(values[i], str))  # few distinct ones
-    formatted = sum(count for v, count in bad_strings.items() if _looks_formatted(v))
+    formatted = sum(count for v, count in bad_strings.items() if looks_formatted(v))
     if plain < NUMERIC_SHARE and (not formatted or plain + formatted / n_present < NUMERIC_SHARE):
         return
     i = bad[0]
     share = math.floor(100 * (plain if plain >= NUMERIC_SHARE else plain + formatted / n_present))
     what = "plain numbers" if plain >= NUMERIC_SHARE else "numbers (some with formatting)"
     raise DataError(
-        f"{_loc(where, rows, i, name)}: {_short(values[i])} is not a plain number, yet {share}% of the "
-        f"column's {n_present} non-missing train values are {what} ({len(bad)} such values: "
-        f"{_rows_text(rows, bad)}). A mostly numeric column is not silently turned into categories: "
+        f"{cell_location(where, rows, i, name)}: {short_repr(values[i])} is not a plain number, yet "
+        f"{share}% of the column's {n_present} non-missing train values are {what} ({len(bad)} such values: "
+        f"{describe_rows(rows, bad)}). A mostly numeric column is not silently turned into categories: "
         f"clean the column (plain numbers like 1234.5, without thousands separators, units, % or currency "
         f"signs; write a missing value as an empty field or NA) or list it as categorical in "
         f"data.categorical_columns."
@@ -480,7 +304,7 @@ def _fit_numeric(name, values, x: np.ndarray, explicit: bool, missing: str, wher
         return _all_missing(name, n, explicit, where)
     if absent.any() and missing == "refuse":
         i = int(np.flatnonzero(absent)[0])
-        raise _missing_error(_loc(where, rows, i, name), values[i])
+        raise _missing_error(cell_location(where, rows, i, name), values[i])
     fill = float(np.median(x[~absent]))
     if absent.any():
         notes.append(
@@ -493,7 +317,7 @@ def _fit_numeric(name, values, x: np.ndarray, explicit: bool, missing: str, wher
 
 def _fit_categorical(name, values, keep: bool, missing: str, where: str, rows):
     n, notes = len(values), []
-    keys = _category_keys(values)
+    keys = category_keys(values)
     present = [k for k in keys if k is not None]
     if not present:
         return _all_missing(name, n, keep, where)
@@ -503,7 +327,7 @@ def _fit_categorical(name, values, keep: bool, missing: str, where: str, rows):
     n_missing = n - len(present)
     if n_missing and missing == "refuse":
         i = keys.index(None)
-        raise _missing_error(_loc(where, rows, i, name), values[i])
+        raise _missing_error(cell_location(where, rows, i, name), values[i])
     column = _Column(name, "categorical", categories=categories, missing_slot=n_missing > 0)
     notes.append(
         f"column '{name}': {len(categories)} categories one-hot encoded; values unseen in training map "
@@ -533,7 +357,7 @@ def _codes(column: _Column, keys: list[str | None]) -> np.ndarray:
 
 def _missing_error(loc: str, value: object) -> DataError:
     return DataError(
-        f"{loc}: missing value {_short(value)}, and data.missing is 'refuse'. Fill the value in, "
+        f"{loc}: missing value {short_repr(value)}, and data.missing is 'refuse'. Fill the value in, "
         f"drop the row, or set data.missing to 'impute' (numbers take the train median, categories "
         f"get a 'missing' category)."
     )
@@ -603,7 +427,7 @@ class TabularEncoder:
         n = _num_rows(columns, list(columns), where)
         if n == 0:
             raise DataError(f"{where}: no records to fit the features on.")
-        rows = _row_numbers(row_numbers, n, where)
+        rows = resolve_row_numbers(row_numbers, n, where)
         if label is not None and label not in columns:
             raise _absent(label, columns, where, "data.label")
         forced = list(categorical_columns or [])
@@ -735,7 +559,7 @@ class TabularEncoder:
             key = class_name(value)
             if key is None:
                 if self._missing == "refuse":
-                    raise _missing_error(_loc(where, None, 0, column.name), value)
+                    raise _missing_error(cell_location(where, None, 0, column.name), value)
                 slot = len(column.categories) if column.missing_slot else -1
             else:
                 slot = column.index.get(key, -1)
@@ -744,12 +568,12 @@ class TabularEncoder:
         return out.astype(np.float32).reshape(self._shape)
 
     def _number(self, value: object, column: _Column, where: str, rows=None, i: int = 0) -> float:
-        f = _scalar(value, column.boolean)
+        f = parse_number(value, column.boolean)
         if f is None:
-            raise _not_a_number(_loc(where, rows, i, column.name), value)
+            raise _not_a_number(cell_location(where, rows, i, column.name), value)
         if not math.isfinite(f):
             if self._missing == "refuse":
-                raise _missing_error(_loc(where, rows, i, column.name), value)
+                raise _missing_error(cell_location(where, rows, i, column.name), value)
             f = column.fill
         return f
 
@@ -769,7 +593,7 @@ class TabularEncoder:
             if c.name not in columns:
                 raise _absent_feature(c.name, columns, where)
         n = _num_rows(columns, [c.name for c in fitted], where)
-        rows = _row_numbers(row_numbers, n, where)
+        rows = resolve_row_numbers(row_numbers, n, where)
         numeric = np.empty((n, self._num_width), dtype=np.float64)
         pos = 0
         for column in self._numeric:
@@ -785,24 +609,24 @@ class TabularEncoder:
             out[:, : self._num_width] = (numeric - self._mean) / self._std
         _refuse_overflow(out[:, : self._num_width], self._numeric, where, rows)
         for column, offset in self._onehot:
-            keys = _category_keys(columns[column.name])
+            keys = category_keys(columns[column.name])
             if self._missing == "refuse" and None in keys:
                 i = keys.index(None)
-                raise _missing_error(_loc(where, rows, i, column.name), columns[column.name][i])
+                raise _missing_error(cell_location(where, rows, i, column.name), columns[column.name][i])
             codes = _codes(column, keys)
             hit = np.flatnonzero(codes >= 0)
             out[hit, offset + codes[hit]] = 1.0
         return out.reshape(n, *self._shape)
 
     def _numbers(self, values: Sequence, column: _Column, where: str, rows) -> np.ndarray:
-        x, bad = _parse_numbers(values, column.boolean)
+        x, bad = parse_numbers(values, column.boolean)
         if bad:
-            raise _not_a_number(_loc(where, rows, bad[0], column.name), values[bad[0]])
+            raise _not_a_number(cell_location(where, rows, bad[0], column.name), values[bad[0]])
         absent = ~np.isfinite(x)
         if absent.any():
             if self._missing == "refuse":
                 i = int(np.flatnonzero(absent)[0])
-                raise _missing_error(_loc(where, rows, i, column.name), values[i])
+                raise _missing_error(cell_location(where, rows, i, column.name), values[i])
             x[absent] = column.fill
         return x
 
@@ -862,7 +686,7 @@ def _absent_feature(name: str, available: Mapping, where: str) -> DataError:
 
 def _not_a_number(loc: str, value: object) -> DataError:
     return DataError(
-        f"{loc}: {_short(value)} is not a number, but the column held numbers in training. "
+        f"{loc}: {short_repr(value)} is not a number, but the column held numbers in training. "
         f"Send a plain number such as 1234.5 (or leave the value empty when it is unknown)."
     )
 
@@ -876,7 +700,7 @@ def _refuse_overflow(
     i, j = (int(k) for k in np.argwhere(~np.isfinite(block))[0])
     owners = [c.name for c in numeric for _ in range(c.width)]
     raise DataError(
-        f"{_loc(where, rows, i, owners[j])}: a value too large to {what} (beyond ±3.4e38 after "
+        f"{cell_location(where, rows, i, owners[j])}: a value too large to {what} (beyond ±3.4e38 after "
         f"normalisation). Rescale the column (e.g. other units) or clip its outliers."
     )
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from bigmodel.data.tabular import class_name
+from bigmodel.data.values import class_name
 from bigmodel.errors import DataError
 from bigmodel.evaluation.metrics import classification_metrics
 from bigmodel.tasks.base import Metric

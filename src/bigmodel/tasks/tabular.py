@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from bigmodel.data.records import Records
-from bigmodel.data.tabular import TabularEncoder, clean_labels
+from bigmodel.data.tabular import TabularEncoder
+from bigmodel.data.values import clean_labels
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.models.registry import build_config
 from bigmodel.tasks.base import Task, label_column, parse_records

@@ -18,14 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from bigmodel.data.records import Records
-from bigmodel.data.tabular import clean_labels
-from bigmodel.data.tokenizers import (
-    TOKENIZER_KINDS,
-    TokenizerError,
-    load_tokenizer,
-    pad_batch,
-    train_tokenizer,
-)
+from bigmodel.data.tokenizer_training import TOKENIZER_KINDS, train_tokenizer
+from bigmodel.data.tokenizers import TokenizerError, load_tokenizer, pad_batch
+from bigmodel.data.values import clean_labels
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.hub.pretrained import PretrainedError, from_pretrained, resolve_folder
 from bigmodel.models.registry import build_config

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +25,7 @@ from bigmodel.evaluation.metrics import scalar_metrics
 from bigmodel.training import checkpoint as ckpt
 from bigmodel.training.log import RunLogger, trim_metrics
 from bigmodel.training.optim import build_optimizer, build_scheduler
-from bigmodel.training.validate import evaluate_records, resolve_device
+from bigmodel.training.validate import evaluate_records, example_lengths, resolve_device
 
 
 class TrainingDiverged(UserError):
@@ -68,7 +67,9 @@ def fit(
     model.to(device)
     batch_size = len(train) if cfg.batch_size == "all" else min(cfg.batch_size, len(train))
     eval_batch_size = cfg.eval_batch_size or (256 if cfg.batch_size == "all" else cfg.batch_size)
-    lengths = _lengths(task, train) if cfg.group_by_length else None
+    lengths = example_lengths(task, train) if cfg.group_by_length else None
+    if cfg.group_by_length and lengths is None:
+        raise UserError(f"train.group_by_length: task {task.name} has no example length to group by.")
     sampler = EpochSampler(len(train), batch_size, seed, lengths=lengths)
     steps_per_epoch = math.ceil(sampler.batches_per_epoch() / cfg.grad_accum_steps)
     total_steps = cfg.epochs * steps_per_epoch
@@ -156,15 +157,6 @@ def fit(
         stopped_early,
         stopping.summary() if stopping else None,
     )
-
-
-def _lengths(task, records: Records) -> np.ndarray:
-    first = task.length(records[0]) if len(records) else None
-    if first is None:
-        raise UserError(
-            f"train.group_by_length: task {task.name} has no example length to group by; remove it."
-        )
-    return np.asarray([task.length(example) for example in records], dtype=np.int64)
 
 
 class EarlyStopping:

@@ -6,6 +6,7 @@ not fit in memory); the metric's state is sums that merge across processes.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,19 +25,28 @@ def evaluate_records(
 ) -> dict:
     """The task's metrics (its ``metric().compute()``) over ``records``, in eval mode.
 
+    Examples of tasks with a length (text) are batched longest first, so batches pad little.
     The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
     metric = task.metric()
     dataset = TaskDataset(records, task.encode, train=False)
+    lengths = example_lengths(task, records)
     try:
-        for batch in eval_batches(dataset, batch_size, task.collate, num_workers):
+        for batch in eval_batches(dataset, batch_size, task.collate, num_workers, lengths=lengths):
             batch = to_device(batch, device)
             metric.update(task.forward(model, batch), batch)
     finally:
         model.train(was_training)
     return metric.compute()
+
+
+def example_lengths(task, records: Records) -> np.ndarray | None:
+    """``task.length`` of every example, or None when the task has no length."""
+    if not len(records) or task.length(records[0]) is None:
+        return None
+    return np.asarray([task.length(example) for example in records], dtype=np.int64)
 
 
 def resolve_device(name: str) -> torch.device:
