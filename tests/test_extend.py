@@ -142,3 +142,14 @@ def test_fit_trains_your_module_on_your_arrays_like_keras(tmp_path):
         bigmodel.load(run.path)
     with pytest.raises(DataError, match=r"x, y: expected x of shape \(N, \.\.\.\)"):
         bigmodel.fit(module, x, y[:10], output=tmp_path, progress=False)
+
+
+def test_fit_names_a_module_whose_outputs_do_not_fit_the_labels(tmp_path):
+    digits = load_digits()
+    wrong = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # 3 outputs for 10 classes
+    with pytest.raises(
+        bigmodel.UserError,
+        match=r"model: returns \(2, 3\) for inputs of shape \(2, 64\).*needs \(batch, 10\)",
+    ):
+        bigmodel.fit(wrong, digits.data, digits.target, output=tmp_path, progress=False)
+    assert not (tmp_path / "fit").exists()

@@ -134,6 +134,7 @@ def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bo
             model = task.build_model(family, recipe.model.options(), recipe.model.pretrained)
             spec = {"format": MODEL_FORMAT, "family": recipe.model.arch, "config": task.model_config(model)}
         else:
+            _check_module(module, task, splits["train"])
             model = module
             spec = {"format": MODEL_FORMAT, "module": _qualified_name(module)}
         # Only now, with data, task and model checked, does the run directory appear.
@@ -159,11 +160,9 @@ def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bo
     save_weights(model, run_dir / "model.safetensors")
 
     device = next(model.parameters()).device
-    eval_batch_size = recipe.train.eval_batch_size or (
-        256 if recipe.train.batch_size == "all" else recipe.train.batch_size
-    )
+    batch_size, workers = recipe.train.evaluation_batch_size, recipe.train.num_workers
     report = {
-        name: evaluate_records(model, task, records, eval_batch_size, device, recipe.train.num_workers)
+        name: evaluate_records(model, task, records, batch_size, device, workers)
         for name, records in splits.items()
         if name != "train"
     }
@@ -271,6 +270,18 @@ def fit(
     return _train(recipe, task_, splits, fingerprint, Path(output), None, progress, module=module)
 
 
+def _check_module(module: nn.Module, task, records: Records) -> None:
+    """Call the user's module once on two examples, so a wrong output shape is a clear error now."""
+    batch = task.collate([task.encode(records[i], None) for i in range(min(2, len(records)))])
+    try:
+        with torch.no_grad():
+            outputs = task.forward(module, batch)
+    except (IndexError, RuntimeError, ValueError, TypeError) as exc:
+        name = type(module).__name__
+        raise UserError(f"module: {name} cannot be called on this data's batches: {exc}") from None
+    task.check_outputs(outputs, batch)
+
+
 def _qualified_name(module: nn.Module) -> str:
     cls = type(module)
     return f"{cls.__module__}:{cls.__qualname__}"
@@ -369,7 +380,7 @@ def evaluate(run: Run | str | Path, split: str = "test", model: nn.Module | None
         )
     device = resolve_device(recipe.train.device)
     model.to(device)
-    metrics = evaluate_records(model, task, splits[split], recipe.train.eval_batch_size or 256, device)
+    metrics = evaluate_records(model, task, splits[split], recipe.train.evaluation_batch_size, device)
     path = run_dir / "eval.json"
     report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     write_json(path, {**report, split: metrics})

@@ -169,6 +169,11 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints (and every epoch end)")
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
 
+    @property
+    def evaluation_batch_size(self) -> int:
+        """Examples per evaluation batch: ``eval_batch_size``, else the training batch size."""
+        return self.eval_batch_size or (256 if self.batch_size == "all" else self.batch_size)
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:

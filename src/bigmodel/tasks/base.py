@@ -139,6 +139,9 @@ class Task:
     def forward(self, model: nn.Module, batch: dict) -> Any:
         raise NotImplementedError
 
+    def check_outputs(self, outputs: Any, batch: dict) -> None:
+        """Refuse a model whose outputs this task cannot read (a user's own module), naming the shape."""
+
     def loss_from(self, outputs: Any, batch: dict) -> torch.Tensor:
         """The loss SUMMED over the batch's ``num_items`` (the loop divides by the window's count)."""
         raise NotImplementedError

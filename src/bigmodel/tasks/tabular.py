@@ -133,6 +133,15 @@ class TabularTask(Task):
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["x"])
 
+    def check_outputs(self, outputs, batch: dict) -> None:
+        expected = (len(batch["x"]), self.num_outputs)
+        if not isinstance(outputs, torch.Tensor) or tuple(outputs.shape) != expected:
+            found = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+            raise DataError(
+                f"model: returns {found} for inputs of shape {tuple(batch['x'].shape)}; task {self.name} "
+                f"needs (batch, {self.num_outputs}): one output per class, or 1 for regression."
+            )
+
     # -- prediction ---------------------------------------------------------------------------------
 
     def parse(self, raw) -> list[dict]:

@@ -66,7 +66,7 @@ def fit(
     device = resolve_device(cfg.device)
     model.to(device)
     batch_size = len(train) if cfg.batch_size == "all" else min(cfg.batch_size, len(train))
-    eval_batch_size = cfg.eval_batch_size or (256 if cfg.batch_size == "all" else cfg.batch_size)
+    eval_batch_size = cfg.evaluation_batch_size
     lengths = example_lengths(task, train) if cfg.group_by_length else None
     if cfg.group_by_length and lengths is None:
         raise UserError(f"train.group_by_length: task {task.name} has no example length to group by.")
