@@ -22,8 +22,9 @@ checkpoint's dropout, a linear classifier on the pooled [CLS] vector.
 
 Each side is its own child process, so wall time (spawn to exit: imports, tokenization, training,
 validation, test) and peak RSS (``os.wait4``'s ru_maxrss for that one child) are per side. Sides run
-back to back per training size, their order alternating across repeats (machines are shared; see
-../shared/PERFORMANCE.md). Time to first optimizer step: the transformers script records it; for
+back to back per training size, their order alternating across repeats (machines are shared, so an
+unpaired timing can be off by half; the JSON records the load average around each run). Time to
+first optimizer step: the transformers script records it; for
 bigmodel the parent watches metrics.jsonl (``train.log_every: 1``) and takes the moment the first
 step line appears (polled every 50 ms), unless the line carries its own timestamp.
 

@@ -7,7 +7,7 @@
 - BERT inference: latency of native ``bert`` vs ``BertModel`` at batch 16 and batch 1.
 
 A and B alternate rep by rep in one process; the figure that counts is the median of the per-pair
-ratios (these machines are shared; see ../shared/PERFORMANCE.md).
+ratios (these machines are shared: an unpaired timing can be off by half).
 
 Run: .venv/bin/python bench/models.py [--reps 10] [--quick] [--only gpt_bf16]
 """

@@ -191,6 +191,7 @@ def test_text_pairs_from_scratch(tmp_path):
     item = task.encode(example, None)
     expected = task.tokenizer.encode_one(texts[0], texts[1], max_length=40)
     assert item["ids"] == expected.ids and item["type_ids"] == expected.type_ids
+    assert task.length(example) == len(item["ids"])  # length grouping counts tokens, not characters
     batch = task.collate([item, task.encode({**example, "hypothesis": "soup"}, None)])
     first_sep = item["ids"].index(task.tokenizer.sep_token_id)
     assert batch["token_type_ids"][0, : first_sep + 1].eq(0).all()
