@@ -24,9 +24,9 @@ Each side is its own child process, so wall time (spawn to exit: imports, tokeni
 validation, test) and peak RSS (``os.wait4``'s ru_maxrss for that one child) are per side. Sides run
 back to back per training size, their order alternating across repeats (machines are shared, so an
 unpaired timing can be off by half; the JSON records the load average around each run). Time to
-first optimizer step: the transformers script records it; for
-bigmodel the parent watches metrics.jsonl (``train.log_every: 1``) and takes the moment the first
-step line appears (polled every 50 ms), unless the line carries its own timestamp.
+first optimizer step: the transformers script records it; for bigmodel the parent reads the first
+step line of metrics.jsonl (``train.log_every: 1``), which carries its own timestamp (else the moment
+the line appears, polled every 50 ms).
 
 Run:
     .venv/bin/python bench/finetune.py --quick                      # smoke run, ~1-2 minutes
