@@ -9,6 +9,7 @@ these methods, so a new application is one new file in ``tasks/``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch import nn
 
 from bigmodel.data.records import Records
 from bigmodel.data.sources import load_source
+from bigmodel.data.values import clean_labels
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 
 TASK_FORMAT = 1  # task.json's format version
@@ -119,8 +121,6 @@ class Task:
 
     def model_config(self, model: nn.Module) -> dict:
         """The family config model.json records, to rebuild the model with ``build_model``."""
-        import dataclasses
-
         backbone = getattr(model, "backbone", model)
         return dataclasses.asdict(backbone.config)
 
@@ -188,9 +188,14 @@ def parse_options(cls: type[Task], options: Mapping[str, Any]) -> BaseModel:
         raise RecipeError(" ".join(errors)) from None
 
 
-def parse_records(raw, where: str = "inputs") -> list[dict]:
+def parse_records(raw, where: str = "inputs", ignore: str | None = None) -> list[dict]:
     """A data file (a ``Path``, or a ``str`` ending in .csv/.jsonl/.json/.parquet), one record (a dict)
-    or a list of records, as a list of dicts. Records may differ in their extra keys."""
+    or a list of records, as a list of dicts. Records may differ in their extra keys; the ``ignore``
+    column (a file's label column, which is not an input) is dropped."""
+    return [{k: v for k, v in row.items() if k != ignore} for row in _records(raw, where)]
+
+
+def _records(raw, where: str) -> list[dict]:
     if isinstance(raw, Path) or (isinstance(raw, str) and Path(raw).suffix.lower() in FILE_SCHEMES):
         path = Path(raw)
         scheme = FILE_SCHEMES.get(path.suffix.lower())
@@ -220,6 +225,25 @@ def label_column(data: dict, records: Records) -> str:
             f"Columns: {', '.join(records.columns)}.{did_you_mean(name, records.columns)}"
         )
     return name
+
+
+def drop_missing_labels(data: dict, records: Records, split: str) -> tuple[Records, list[str]]:
+    """The examples whose label is present, and notes saying how many were left out (never silently)."""
+    label = label_column(data, records)
+    rows = [records.row_number(i) for i in range(len(records))]
+    kept, notes = clean_labels(records.column(label), f"{records.where} ({split} split)", label, rows)
+    return (records if len(kept) == len(records) else records.select(kept)), notes
+
+
+def check_targets(data: dict, records: Records, split: str, encode_target) -> None:
+    """Refuse, naming the split, row and column, a label ``encode_target`` cannot encode."""
+    label = label_column(data, records)
+    for i, value in enumerate(records.column(label)):
+        try:
+            encode_target(value)
+        except DataError as exc:
+            where = f"{records.where} ({split} split), row {records.row_number(i)}, column '{label}'"
+            raise DataError(f"{where}: {exc}") from None
 
 
 def load_object(spec: str, field: str):

@@ -73,11 +73,11 @@ class ClassificationMetric(Metric):
         return {"loss": float(self.sums["loss"] / self.sums["count"]), **report}
 
 
-class ClassificationTask(TabularTask):
-    """Single-label classification of rows over the classes seen in the training split."""
+class SingleLabel:
+    """What every single-label classification task shares, whatever its inputs: the class list fitted
+    on train, stratified splits, summed cross-entropy (label smoothing from ``options``), the streaming
+    metric, and probabilities per class. Mixed in before the task's base class."""
 
-    name = "classification"
-    Options = ClassificationOptions
     metric_names = CLASSIFICATION_METRICS
     higher_is_better = {"loss": False, "accuracy": True, "precision_macro": True, "recall_macro": True,
                         "f1_macro": True}  # fmt: skip
@@ -93,12 +93,6 @@ class ClassificationTask(TabularTask):
     def strata(self, records):
         label = self.data.get("label") or "label"
         return [class_name(v) for v in records.column(label)] if label in records.columns else None
-
-    def fit_targets(self, values: list, where: str) -> None:
-        self.labels.fit(values, where)
-
-    def encode_target(self, value) -> int:
-        return self.labels.index(value)
 
     def state(self) -> dict:
         return {**super().state(), "class_names": self.labels.names}
@@ -119,6 +113,19 @@ class ClassificationTask(TabularTask):
 
     def predict(self, model, batch: dict) -> list[dict]:
         return probabilities(self.forward(model, batch), self.labels.names)
+
+
+class ClassificationTask(SingleLabel, TabularTask):
+    """Single-label classification of rows over the classes seen in the training split."""
+
+    name = "classification"
+    Options = ClassificationOptions
+
+    def fit_targets(self, values: list, where: str) -> None:
+        self.labels.fit(values, where)
+
+    def encode_target(self, value) -> int:
+        return self.labels.index(value)
 
 
 def probabilities(logits: torch.Tensor, names: list[str]) -> list[dict]:

@@ -13,10 +13,9 @@ from torch import nn
 
 from bigmodel.data.records import Records
 from bigmodel.data.tabular import TabularEncoder
-from bigmodel.data.values import clean_labels
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Task, label_column, parse_records
+from bigmodel.tasks.base import Task, check_targets, drop_missing_labels, label_column, parse_records
 from bigmodel.tasks.heads import FeatureModel
 
 # Config fields the task sets from the data; a recipe may not.
@@ -57,11 +56,9 @@ class TabularTask(Task):
 
     def clean(self, records: Records, split: str) -> Records:
         """Leave out examples whose label is missing, and say how many."""
-        label = label_column(self.data, records)
-        rows = [records.row_number(i) for i in range(len(records))]
-        kept, notes = clean_labels(records.column(label), f"{records.where} ({split} split)", label, rows)
+        records, notes = drop_missing_labels(self.data, records, split)
         self._notes += notes
-        return records if len(kept) == len(records) else records.select(kept)
+        return records
 
     def fit(self, train: Records) -> None:
         label = label_column(self.data, train)
@@ -87,12 +84,7 @@ class TabularTask(Task):
         where = f"{records.where} ({split} split)"
         self.features.encode_many({name: records.column(name) for name in self.features.columns}, where=where,
                                   row_numbers=rows)  # fmt: skip
-        label = label_column(self.data, records)
-        for i, value in enumerate(records.column(label)):
-            try:
-                self.encode_target(value)
-            except DataError as exc:
-                raise DataError(f"{where}, row {rows[i]}, column '{label}': {exc}") from None
+        check_targets(self.data, records, split, self.encode_target)
 
     def notes(self) -> list[str]:
         return list(self._notes)
@@ -149,8 +141,7 @@ class TabularTask(Task):
         if isinstance(raw, (str, Path, Mapping)) or (
             isinstance(raw, (list, tuple)) and raw and isinstance(raw[0], Mapping)
         ):
-            label = self.data.get("label") or "label"  # a file's label column is not an input
-            return [{k: v for k, v in row.items() if k != label} for row in parse_records(raw)]
+            return parse_records(raw, ignore=self.data.get("label") or "label")
         array = raw.numpy() if isinstance(raw, torch.Tensor) else raw
         try:
             array = np.asarray(array, dtype=np.float32)

@@ -13,25 +13,17 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from bigmodel.data.records import Records
 from bigmodel.data.tokenizer_training import TOKENIZER_KINDS, train_tokenizer
 from bigmodel.data.tokenizers import TokenizerError, load_tokenizer, pad_batch
-from bigmodel.data.values import clean_labels
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.hub.pretrained import PretrainedError, from_pretrained, resolve_folder
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Task, label_column, parse_records
-from bigmodel.tasks.classification import (
-    CLASSIFICATION_METRICS,
-    ClassificationMetric,
-    Labels,
-    class_name,
-    probabilities,
-)
+from bigmodel.tasks.base import Task, check_targets, drop_missing_labels, label_column, parse_records
+from bigmodel.tasks.classification import SingleLabel
 from bigmodel.tasks.heads import POOLINGS, TextModel
 
 
@@ -53,18 +45,14 @@ class TextClassificationOptions(BaseModel):
     tokenizer: TokenizerOptions = TokenizerOptions()
 
 
-class TextClassificationTask(Task):
+class TextClassificationTask(SingleLabel, Task):
     """Single-label classification of texts or text pairs."""
 
     name = "text_classification"
     Options = TextClassificationOptions
-    metric_names = CLASSIFICATION_METRICS
-    higher_is_better = {"loss": False, "accuracy": True, "precision_macro": True, "recall_macro": True,
-                        "f1_macro": True}  # fmt: skip
 
     def __init__(self, options, data: dict):
         super().__init__(options, data)
-        self.labels = Labels()
         self.tokenizer = None
         self._notes: list[str] = []
 
@@ -94,10 +82,6 @@ class TextClassificationTask(Task):
                     f"model.{key}: set by the task (from its tokenizer and classes); remove it."
                 )
 
-    def strata(self, records: Records):
-        label = self.data.get("label") or "label"
-        return [class_name(v) for v in records.column(label)] if label in records.columns else None
-
     def clean(self, records: Records, split: str) -> Records:
         """Refuse a missing text cell now, naming its row, rather than mid-training."""
         for field in ("text", "text_pair"):
@@ -107,22 +91,16 @@ class TextClassificationTask(Task):
             records.require(name, f"data.{field}")
             for i, value in enumerate(records.column(name)):
                 if not isinstance(value, str):
-                    _text(value, f"{name}' of {records.where}, row {records.row_number(i)}: '")
-        label = label_column(self.data, records)
-        rows = [records.row_number(i) for i in range(len(records))]
-        kept, notes = clean_labels(records.column(label), f"{records.where} ({split} split)", label, rows)
+                    raise DataError(
+                        f"{records.where}, row {records.row_number(i)}, column '{name}': expected text, "
+                        f"got {value!r}. Fill or remove that row."
+                    )
+        records, notes = drop_missing_labels(self.data, records, split)
         self._notes += notes
-        return records if len(kept) == len(records) else records.select(kept)
+        return records
 
     def validate(self, records: Records, split: str) -> None:
-        label = label_column(self.data, records)
-        for i, value in enumerate(records.column(label)):
-            try:
-                self.labels.index(value)
-            except DataError as exc:
-                raise DataError(
-                    f"{records.where} ({split} split), row {records.row_number(i)}: {exc}"
-                ) from None
+        check_targets(self.data, records, split, self.labels.index)
 
     def notes(self) -> list[str]:
         return list(self._notes)
@@ -147,16 +125,12 @@ class TextClassificationTask(Task):
             texts, opts.kind, opts.vocab_size, opts.lowercase, opts.min_frequency
         )
 
-    def state(self) -> dict:
-        return {**super().state(), "class_names": self.labels.names}
-
     def save(self, run_dir: Path) -> None:
         self.tokenizer.save(run_dir)
 
     @classmethod
     def restore(cls, state: dict, run_dir: Path) -> TextClassificationTask:
         task = super().restore(state, run_dir)
-        task.labels = Labels(state["class_names"])
         task.tokenizer = load_tokenizer(run_dir)
         return task
 
@@ -226,14 +200,6 @@ class TextClassificationTask(Task):
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
-    def loss_from(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        return F.cross_entropy(
-            logits.float(), batch["y"], label_smoothing=self.options.label_smoothing, reduction="sum"
-        )
-
-    def metric(self) -> ClassificationMetric:
-        return ClassificationMetric(self)
-
     # -- prediction ---------------------------------------------------------------------------------
 
     def parse(self, raw) -> list[dict]:
@@ -248,16 +214,12 @@ class TextClassificationTask(Task):
                     raise DataError(f"inputs: this model classifies text pairs; give (text, {pair}) pairs.")
                 rows.append({text: r[0], pair: r[1]} if pair else {text: r})
             return rows
-        label = self.data.get("label") or "label"  # a file's label column is not an input
-        rows = [{k: v for k, v in row.items() if k != label} for row in parse_records(raw)]
+        rows = parse_records(raw, ignore=self.data.get("label") or "label")
         for i, row in enumerate(rows):
             for column in (text, pair):
                 if column is not None and column not in row:
                     raise DataError(f"inputs: record {i + 1} lacks the text key '{column}'.")
         return rows
-
-    def predict(self, model, batch: dict) -> list[dict]:
-        return probabilities(self.forward(model, batch), self.labels.names)
 
 
 def _text(value, column: str = "text") -> str:

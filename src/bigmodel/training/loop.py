@@ -78,6 +78,7 @@ def fit(
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.schedule, total_steps)
     stopping = EarlyStopping(cfg.early_stopping, task) if cfg.early_stopping and validation else None
+    val_lengths = example_lengths(task, validation) if validation is not None else None  # once, not per eval
 
     step, elapsed, samples_seen, stopped_early = 0, 0.0, 0, False
     if resume:
@@ -135,7 +136,9 @@ def fit(
             logger.step(step, sampler.epoch, loss_sum / num_items, lr, speed, record=record)
             eval_due = (step % cfg.eval_every == 0) if cfg.eval_every else epoch_done
             if validation is not None and (eval_due or step == total_steps):
-                metrics = evaluate_records(model, task, validation, eval_batch_size, device, cfg.num_workers)
+                metrics = evaluate_records(
+                    model, task, validation, eval_batch_size, device, cfg.num_workers, val_lengths
+                )
                 metrics = scalar_metrics(metrics)
                 logger.evaluation(step, sampler.epoch, "validation", metrics)
                 if stopping and stopping.update(metrics, step, model):

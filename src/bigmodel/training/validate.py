@@ -12,6 +12,7 @@ from torch import nn
 
 from bigmodel.data.loader import TaskDataset, eval_batches, to_device
 from bigmodel.data.records import Records
+from bigmodel.errors import RecipeError
 
 
 @torch.no_grad()
@@ -22,17 +23,19 @@ def evaluate_records(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     num_workers: int = 0,
+    lengths: np.ndarray | None = None,
 ) -> dict:
     """The task's metrics (its ``metric().compute()``) over ``records``, in eval mode.
 
-    Examples of tasks with a length (text) are batched longest first, so batches pad little.
+    Examples of tasks with a length (text) are batched longest first, so batches pad little;
+    ``lengths`` (from :func:`example_lengths`) saves measuring them again on every call.
     The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
     metric = task.metric()
     dataset = TaskDataset(records, task.encode, train=False)
-    lengths = example_lengths(task, records)
+    lengths = example_lengths(task, records) if lengths is None else lengths
     try:
         for batch in eval_batches(dataset, batch_size, task.collate, num_workers, lengths=lengths):
             batch = to_device(batch, device)
@@ -51,8 +54,6 @@ def example_lengths(task, records: Records) -> np.ndarray | None:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` = CUDA, else MPS, else CPU; an explicit device that is absent is a clear error."""
-    from bigmodel.errors import RecipeError
-
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
