@@ -168,6 +168,9 @@ class TrainConfig(Strict):
     eval_every: int | None = Field(None, ge=1, description="steps between validations; default: each epoch")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints (and every epoch end)")
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
+    keep_train_state: Literal["last", "none"] = Field(
+        "last", description="after a run finishes: keep its last checkpoint (to train on) or delete it"
+    )
 
     @property
     def evaluation_batch_size(self) -> int:
