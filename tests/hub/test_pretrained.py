@@ -161,8 +161,8 @@ def test_missing_shard(tmp_path):
 
 
 def test_unknown_model_type_lists_the_supported_ones(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(PretrainedError, match="'llama'") as err:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    with pytest.raises(PretrainedError, match="'mistral'") as err:
         from_pretrained(tmp_path)
     assert "bert" in str(err.value)
 

@@ -127,9 +127,9 @@ def from_pretrained(
         raise PretrainedError(f"{config_path}: cannot load into native '{family.name}': {exc}") from None
     config = build_config(family, {**kwargs, **overrides}, field_prefix="from_pretrained")
 
+    published = _align_keys(_read_weights(folder), fmt, config)  # before building: no weights, no model
     model = family.model_cls(config)
     expected = model.state_dict()
-    published = _align_keys(_read_weights(folder), fmt, config)
     model.load_state_dict(from_published(fmt, config, published, expected), strict=True)
     return model.eval()
 

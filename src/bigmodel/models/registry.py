@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +28,7 @@ FAMILY_MODULES: dict[str, str] = {
     "bert": "bert",
     "gpt": "gpt",
     "t5": "t5",
+    "llama": "llama",
     "transformer": "transformer",
 }
 
@@ -161,10 +165,43 @@ def build_config(family: Family, overrides: Mapping[str, Any], field_prefix: str
                 f"{field_prefix}.{key}: unknown option for model '{family.name}'. "
                 f"Allowed: {', '.join(names)}.{did_you_mean(key, names)}"
             )
+    hints = typing.get_type_hints(family.config_cls)
+    for key, value in overrides.items():
+        problem = _type_problem(hints.get(key), value)
+        if problem:
+            raise RecipeError(f"{field_prefix}.{key}: {problem}, got {value!r}.")
     try:
         return family.config_cls(**overrides)
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"{field_prefix}: invalid configuration for '{family.name}': {exc}") from None
+
+
+def _type_problem(annotation, value) -> str | None:
+    """What is wrong with ``value`` for a config field typed ``annotation`` (None when nothing).
+
+    Config dataclasses coerce (``int(h)``), so a YAML ``true`` or ``1.5`` would silently become 1;
+    numbers are checked here: booleans are never numbers, whole-number fields take whole numbers."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _type_problem(inner[0], value) if len(inner) == 1 else None
+    if origin in (list, tuple) and args and isinstance(value, list | tuple):
+        for item in value:
+            problem = _type_problem(args[0], item)
+            if problem:
+                return f"every item must be {problem.removeprefix('expected ')}"
+        return None
+    if annotation is bool and not isinstance(value, bool):
+        return "expected true or false"
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or (isinstance(value, float) and not value.is_integer())):  # fmt: skip
+        return "expected a whole number"
+    if annotation is float and (isinstance(value, bool) or not isinstance(value, int | float)
+                                or (isinstance(value, float) and not math.isfinite(value))):  # fmt: skip
+        return "expected a finite number"
+    return None
 
 
 def create_model(name_or_preset: str, **overrides: Any):

@@ -88,7 +88,9 @@ class MultiHeadAttention(nn.Module):
         head_dim: features per head ``D`` (default ``embed_dim // num_heads``). T5 sets it apart from
             ``embed_dim``: inner width ``H * D`` may differ from ``embed_dim``.
         kv_dim: features of the cross-attention ``context`` (default ``embed_dim``).
-        bias: biases on all four projections (BERT, GPT-2: True; T5, Llama: False).
+        bias: biases on the projections (BERT, GPT-2: True; T5, Llama: False).
+        out_bias: bias on the output projection ``o`` when it differs from ``bias`` (default
+            ``bias``); Qwen2 has q/k/v biases and none on ``o``.
         dropout: dropout on the attention probabilities, in training only.
         scale: logit scale (default ``1/sqrt(D)``; T5 folds it into its init and uses 1.0).
     """
@@ -103,6 +105,7 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         scale: float | None = None,
+        out_bias: bool | None = None,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -122,7 +125,7 @@ class MultiHeadAttention(nn.Module):
         self.q = nn.Linear(embed_dim, num_heads * head_dim, bias=bias)
         self.k = nn.Linear(kv_dim, num_kv_heads * head_dim, bias=bias)
         self.v = nn.Linear(kv_dim, num_kv_heads * head_dim, bias=bias)
-        self.o = nn.Linear(num_heads * head_dim, embed_dim, bias=bias)
+        self.o = nn.Linear(num_heads * head_dim, embed_dim, bias=bias if out_bias is None else out_bias)
 
     def forward(
         self,
