@@ -26,7 +26,7 @@ STAGES = [
 # evaluation/metrics.py is a NumPy-only leaf: tasks own their metrics and compute them with it.
 LEAVES = {"bigmodel.evaluation.metrics"}
 # Top-level modules that wire everything together.
-WIRING = {"pipeline", "cli", "__init__", "__main__"}
+WIRING = {"pipeline", "rundir", "cli", "__init__", "__main__"}
 # Only hub/ may touch the big external model libraries.
 HUB_ONLY = {"transformers", "torchvision", "huggingface_hub"}
 

@@ -20,12 +20,15 @@ def test_recipe_loads_and_trains_one_step(name, tmp_path):
     assert yaml.safe_load(path.read_text())["name"] == name  # file name and recipe name agree
     overrides = {"train.max_steps": 1}
     recipe = bigmodel.load_recipe(path)
-    if recipe.data.text is not None:  # its texts and checkpoint are the user's: the real MiniLM if here
-        overrides["data.source"] = f"csv:{write_text_csv(tmp_path / 'texts.csv', n=40)}"
+    if recipe.model.pretrained is not None:  # the checkpoint is the user's: the real MiniLM if here
         overrides["model.pretrained"] = str(minilm_folder() or write_tiny_bert(tmp_path / "bert"))
         overrides["data.max_length"] = 32
+    if recipe.data.text is not None:  # its texts are the user's
+        overrides["data.source"] = f"csv:{write_text_csv(tmp_path / 'texts.csv', n=40)}"
     elif recipe.data.source.startswith("csv:"):  # its CSV is the user's; make one
         overrides["data.source"] = f"csv:{write_wine_csv(tmp_path / 'data.csv')}"
+    elif recipe.data.source.startswith("builtin:"):  # real data: evaluate on small held-out shares
+        overrides["data.split"] = {"validation": 0.02, "test": 0.02}
     run = bigmodel.train(path, output=tmp_path / "runs", progress=False, **overrides)
     assert run.metrics["train"]["steps"] == 1
     assert (run.path / "recipe.yaml").is_file() and (run.path / "model.safetensors").is_file()

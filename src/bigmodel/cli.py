@@ -88,7 +88,11 @@ def predict(
     """Predict every row of a file; prints one JSON object per row."""
     from bigmodel.pipeline import load
 
-    lines = "".join(json.dumps(row) + "\n" for row in load(run).predict(inputs))
+    predictions = load(run).predict(inputs)
+    try:  # strict JSON: the predictor refuses non-finite outputs; this is the last line of defence
+        lines = "".join(json.dumps(row, allow_nan=False) + "\n" for row in predictions)
+    except ValueError as exc:
+        raise UserError(f"{run}: a prediction is not valid JSON ({exc}); nothing was written.") from None
     if output is None:
         sys.stdout.write(lines)
     else:

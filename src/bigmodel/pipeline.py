@@ -2,7 +2,8 @@
 
 It knows no task: what a record means, the model's head, the loss and the metrics all come from the
 task (``tasks/``). Every stage reads and writes the run directory (see docs/design.md), so
-``evaluate`` and ``load`` work on any finished run, on any machine, through :func:`open_run`.
+``evaluate`` and ``load`` work on any finished run, on any machine, through
+:func:`~bigmodel.rundir.open_run`, which checks every file it reads.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +23,16 @@ from bigmodel import recipe as recipes
 from bigmodel.data import SPLITS, ColumnRecords, Records, open_splits
 from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
 from bigmodel.evaluation.metrics import scalar_metrics
-from bigmodel.hub.files import load_weights, save_weights, write_json, write_text
+from bigmodel.hub.files import save_weights, write_json, write_text
+from bigmodel.hub.manifest import update_manifest, write_manifest
 from bigmodel.models.registry import get_family
 from bigmodel.recipe import Recipe
+from bigmodel.rundir import MODEL_FORMAT, Run, check_run_dir, open_run
 from bigmodel.serve import Predictor
-from bigmodel.tasks import create_task, restore_task
-from bigmodel.training.checkpoint import STATE_DIR
+from bigmodel.tasks import create_task
+from bigmodel.training.checkpoint import finish_train_state, has_train_state
 from bigmodel.training.loop import fit as fit_loop
 from bigmodel.training.validate import evaluate_records, resolve_device
-
-MODEL_FORMAT = 1  # model.json's format version
-RUN_FILES = ("recipe.yaml", "model.json", "task.json", "data.json", "model.safetensors")
-
-
-@dataclass
-class Run:
-    """A run directory and what training measured.
-
-    Attributes:
-        path: the run directory.
-        recipe: the resolved recipe.
-        metrics: ``{"train": {...}, "validation": {...}, "test": {...}}`` single-number metrics.
-    """
-
-    path: Path
-    recipe: Recipe
-    metrics: dict
 
 
 def load_recipe(source: str | Path | Mapping | Recipe, **overrides: Any) -> Recipe:
@@ -92,7 +76,7 @@ def train(
         The :class:`Run`, with ``run.path`` and ``run.metrics``.
     """
     if resume is not None:
-        run_dir = _check_run_dir(resume, need=("recipe.yaml", "model.json", "task.json", "data.json"))
+        run_dir = check_run_dir(resume, need=("recipe.yaml", "model.json", "task.json", "data.json"))
         if overrides:
             raise RecipeError(
                 "--resume continues a run with its own recipe; overrides are not allowed with it."
@@ -114,13 +98,30 @@ def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bo
     """Fit the task, build (or rebuild) the model, train, evaluate, and fill the run directory."""
     if resume is not None:
         run_dir = Path(resume)
-        info = _read_json(run_dir / "data.json")
-        if info.get("fingerprint") != fingerprint:
+        model, task, info = open_run(run_dir, model=module, weights=False)  # checks every file it reads
+        if not isinstance(info.get("fingerprint"), str):
+            raise RunDirError(
+                f"{run_dir / 'data.json'}: damaged: it lacks the data's fingerprint, so the data cannot be "
+                "checked against the run's; resuming would risk training on other examples."
+            )
+        if info["fingerprint"] != fingerprint:
             raise DataError(
                 f"{recipe.data.source}: the data changed since this run started, so resuming would train on "
                 "other examples and another split. Resume with the original data, or start a new run."
             )
-        model, task, _ = open_run(run_dir, model=module, weights=False)
+        if not has_train_state(run_dir):
+            if (run_dir / "manifest.json").is_file():
+                raise RunDirError(
+                    f"{run_dir}: this run has finished and kept no checkpoint (train.keep_train_state = "
+                    "none): there is nothing to resume. Start a new run to train further."
+                )
+            if module is None:
+                # Stopped before its first checkpoint: build the model as the fresh run did (its seed,
+                # its pretrained weights), which is exact and free, where a step-0 checkpoint would
+                # cost a model-sized write (~90 MB for MiniLM) and time at the start of every run.
+                torch.manual_seed(recipe.seed)
+                family = get_family(recipe.model.arch)
+                model = task.build_model(family, recipe.model.options(), recipe.model.pretrained)
     else:
         task.fit(splits["train"])
         for name, records in splits.items():
@@ -158,6 +159,7 @@ def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bo
         resume=resume is not None, show_progress=progress,
     )  # fmt: skip
     save_weights(model, run_dir / "model.safetensors")
+    finish_train_state(run_dir, recipe.train.keep_train_state)
 
     device = next(model.parameters()).device
     batch_size, workers = recipe.train.evaluation_batch_size, recipe.train.num_workers
@@ -180,6 +182,7 @@ def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bo
         **{name: scalar_metrics(m) for name, m in report.items()},
     }
     write_json(run_dir / "summary.json", metrics)
+    write_manifest(run_dir)  # last: a run directory with a manifest is a finished one
     return Run(run_dir, recipe, metrics)
 
 
@@ -290,68 +293,6 @@ def _qualified_name(module: nn.Module) -> str:
 # --- open a run: evaluate and predict ---------------------------------------------------------------
 
 
-def _check_run_dir(path: str | Path, need=RUN_FILES) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirError(f"{path}: no such run directory. Runs are made by 'bigmodel train' under ./runs/.")
-    missing = [name for name in need if not (path / name).is_file()]
-    if missing:
-        runs = sorted(p.parent for p in path.glob("*/model.json"))
-        hint = f" Did you mean the latest run inside it, '{runs[-1]}'?" if runs else ""
-        unfinished = " (it was interrupted: continue it with --resume)" if (path / STATE_DIR).is_dir() else ""
-        raise RunDirError(
-            f"{path}: not a finished run directory{unfinished}; it lacks {', '.join(missing)}.{hint}"
-        )
-    return path
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path}: damaged or unreadable ({exc}).") from None
-    if not isinstance(data, dict):
-        raise RunDirError(f"{path}: damaged: expected a JSON object, found {type(data).__name__}.")
-    return data
-
-
-def open_run(
-    path: str | Path, model: nn.Module | None = None, weights: bool = True
-) -> tuple[nn.Module, Any, dict]:
-    """Rebuild a run's model and fitted task from its directory alone.
-
-    Args:
-        path: the run directory (or a :class:`Run`).
-        model: your own module, for a run trained with :func:`fit` on a module bigmodel cannot rebuild.
-        weights: load ``model.safetensors`` (False for a run being resumed: the checkpoint has them).
-
-    Returns:
-        ``(model, task, info)``: the module in eval mode, the fitted task, and ``info`` (``run_dir``,
-        ``recipe``, data.json's fields).
-    """
-    run_dir = _check_run_dir(path.path if isinstance(path, Run) else path,
-                             RUN_FILES if weights else RUN_FILES[:-1])  # fmt: skip
-    spec, state, info = (_read_json(run_dir / name) for name in ("model.json", "task.json", "data.json"))
-    if spec.get("format") != MODEL_FORMAT:
-        raise RunDirError(
-            f"{run_dir / 'model.json'}: format {spec.get('format')!r}; this version of bigmodel reads format "
-            f"{MODEL_FORMAT}. Retrain the run with this version."
-        )
-    task = restore_task(state, run_dir)
-    if "module" in spec:
-        if model is None:
-            raise RunDirError(
-                f"{run_dir}: trained on your own module {spec['module']}; "
-                "pass it: bigmodel.load(run, model=...)."
-            )
-    elif model is None:
-        model = task.build_model(get_family(spec["family"]), spec["config"], None)
-    if weights:
-        load_weights(model, run_dir / "model.safetensors")
-    recipe = recipes.load_recipe(run_dir / "recipe.yaml")
-    return model.eval(), task, {**info, "run_dir": run_dir, "recipe": recipe}
-
-
 def evaluate(run: Run | str | Path, split: str = "test", model: nn.Module | None = None) -> dict:
     """Evaluate a trained run on one split of its own data and record it in ``eval.json``.
 
@@ -384,6 +325,7 @@ def evaluate(run: Run | str | Path, split: str = "test", model: nn.Module | None
     path = run_dir / "eval.json"
     report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     write_json(path, {**report, split: metrics})
+    update_manifest(run_dir, ["eval.json"])
     return metrics
 
 

@@ -401,6 +401,13 @@ def test_open_splits_without_strata_and_with_zero_fractions(tmp_path):
     assert list(whole) == ["train"] and ids(whole["train"]) == list(range(60))
 
 
+def test_open_splits_refuses_to_leave_no_training_records(tmp_path):
+    path = write_csv(tmp_path / "t.csv", ROWS[:2])
+    with pytest.raises(DataError, match="leaves none to train on") as info:
+        open_splits(DataConfig(source=f"csv:{path}", split={"validation": 0.5, "test": 0.4}), seed=0)
+    assert str(path) in str(info.value) and "data.split" in str(info.value)
+
+
 def test_open_splits_uses_predefined_validation_and_test_sources(tmp_path):
     train = write_csv(tmp_path / "train.csv", labelled_rows())
     valid = write_csv(tmp_path / "valid.csv", ROWS[:4])

@@ -197,7 +197,7 @@ def test_mostly_numeric_column_with_dirty_values_is_refused(dirty):
     msg = str(info.value)
     assert msg.startswith(f"train.csv: row 8, column 'price': {dirty!r} is not a plain number")
     assert "97% of the column's 40 non-missing train values are plain numbers" in msg
-    assert "clean the column" in msg and "list it as categorical in data.categorical_columns" in msg
+    assert "clean the column" in msg and "list it as categorical in data.categorical" in msg
     enc, _ = fit(cols, categorical_columns=["price"])  # the documented way out
     assert enc.kinds == {"price": "categorical"}
 
@@ -459,7 +459,7 @@ def test_fit_refuses_bad_arguments():
         fit(table(), features=["agee"])
     with pytest.raises(DataError, match="'y' is the label column"):
         fit(table(), features=["age", "y"])
-    with pytest.raises(DataError, match="data.categorical_columns: column 'town'"):
+    with pytest.raises(DataError, match="data.categorical: column 'town'"):
         fit(table(), categorical_columns=["town"])
     with pytest.raises(DataError, match="different lengths"):
         fit({"a": [1, 2], "b": [1]}, label=None)
@@ -513,10 +513,39 @@ def test_diabetes_regression_targets_and_mixed_types():
     columns = {name: data.data[:, j] for j, name in enumerate(data.feature_names)}  # NumPy columns
     columns["target"] = [str(v) for v in data.target]
     columns["target"][10] = ""
-    kept, notes = clean_labels(columns["target"], "diabetes.csv", "target", row_numbers=range(2, 444))
+    kept, notes = clean_labels(
+        columns["target"], "diabetes.csv", "target", row_numbers=range(2, 444), policy="drop"
+    )
     assert len(kept) == len(data.target) - 1
     assert notes == ["1 row with a missing label in column 'target' was left out (row 12)"]
     enc, _ = fit(columns, label="target", normalize="none")
     assert enc.columns == list(data.feature_names)
     np.testing.assert_array_equal(enc.encode_many(columns), data.data.astype(np.float32))
     assert math.isclose(enc.encode({k: v[7] for k, v in columns.items()})[2], data.data[7, 2], rel_tol=1e-6)
+
+
+def test_predict_mode_refuses_what_training_never_imputed_and_encodes_the_rest_alike():
+    cols = {"a": [1.0, None, 3.0, 4.0], "b": [1.0, 2.0, 3.0, 4.0], "c": ["u", None, "v", "u"],
+            "d": ["p", "q", "p", "q"], "y": [0, 1, 0, 1]}  # fmt: skip
+    enc, _ = fit(cols, label="y")
+    state = enc.state()["columns"]
+    assert [c.get("imputed") for c in state[:2]] == [True, False]
+    ok = {"a": [None, 2.0], "b": [1.5, "2"], "c": [None, "w"], "d": ["p", "zz"]}
+    np.testing.assert_array_equal(enc.encode_many(ok, predict=True), enc.encode_many(ok))
+    for column, value, match in [
+        ("b", None, "missing value None, and the column had no missing values in training"),
+        ("b", math.inf, "inf is not a finite number"),
+        ("a", "inf", "'inf' is not a finite number"),
+        ("d", "NA", "missing value 'NA'"),
+        ("c", ["u"], r"\['u'\] is a list, not a category"),
+    ]:
+        with pytest.raises(DataError, match=rf"in.csv: row 12, column '{column}': {match}"):
+            enc.encode_many({**ok, column: [ok[column][0], value]}, where="in.csv", row_numbers=[11, 12],
+                            predict=True)  # fmt: skip
+    old = enc.state()
+    for c in old["columns"]:
+        c.pop("imputed", None)  # a task.json written before 'imputed' was recorded imputes as it did
+    np.testing.assert_array_equal(
+        TabularEncoder.from_state(old).encode_many({**ok, "b": [None, 2.0]}, predict=True),
+        enc.encode_many({**ok, "b": [None, 2.0]}),
+    )

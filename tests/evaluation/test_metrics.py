@@ -197,3 +197,37 @@ def test_r2_of_a_constant_target_ignores_rounding_noise(value, n):
     m = regression_metrics(sums(target + 0.5, target))
     assert m["r2"] == 0.0 and m["mse"] == pytest.approx(0.25) and m["mae"] == pytest.approx(0.5)
     assert regression_metrics(sums(target, target))["r2"] == 1.0
+
+
+# ------------------------------------------------------------------ classes absent from a split
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_macro_averages_follow_sklearn_default_on_random_absent_classes(seed):
+    """scikit-learn's labels=None: macro averages over the union of y_true and y_pred."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 9))
+    n = int(rng.integers(1, 60))
+    seen = rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False)  # some classes never occur
+    target, pred = rng.choice(seen, size=n), rng.choice(seen, size=n)
+    pred[: n // 2] = target[: n // 2]
+    names = [f"k{i}" for i in range(k)]
+    m = metrics_of(pred, target, names)
+    p, r, f, _ = skm.precision_recall_fscore_support(target, pred, average="macro", zero_division=0)
+    assert (m["precision_macro"], m["recall_macro"], m["f1_macro"]) == pytest.approx((p, r, f), abs=1e-12)
+    union = sorted(set(target.tolist()) | set(pred.tolist()))
+    assert m["macro_classes"] == [names[i] for i in union]
+    assert [row["absent"] for row in m["per_class"]] == [i not in union for i in range(k)]
+    assert len(m["per_class"]) == k  # every class is still listed
+    assert all(row["f1"] == row["support"] == 0 for row in m["per_class"] if row["absent"])
+
+
+def test_a_class_absent_from_labels_and_predictions_does_not_lower_the_macro_f1():
+    target = np.array([0] * 30 + [1] * 30 + [2] * 10)
+    pred = target.copy()
+    pred[0] = 1  # one mistake; class 3 is a training class never seen in this split
+    m = metrics_of(pred, target, ["a", "b", "c", "d"])
+    expected = skm.f1_score(target, pred, average="macro", zero_division=0)
+    assert m["f1_macro"] == pytest.approx(expected) and m["f1_macro"] > 0.98
+    assert m["macro_classes"] == ["a", "b", "c"] and m["per_class"][3]["absent"] is True
+    assert "labels or the predictions" in m["macro_average"]

@@ -180,6 +180,29 @@ def test_unknown_key_with_did_you_mean():
     assert "Did you mean 'optimizer'?" in msg
 
 
+@pytest.mark.parametrize("key", ["int", "[", "", "list[str]"])
+def test_unknown_key_that_looks_like_a_type_tag_is_still_named(key):
+    msg = error_of({**BASE, "train": {key: 1}})
+    assert f"unknown key {key!r}" in msg and "Allowed here: device" in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ({"seed": True}, "seed: true/false is not allowed"),
+        ({"data.split.validation": False}, "data.split.validation: true/false"),
+        ({"train.group_by_length": 0}, "train.group_by_length: expected true or false"),
+        ({"train.optimizer.lr": float("inf")}, "train.optimizer.lr: Input should be a finite number"),
+        ({"seed": -1}, "seed:"),
+        ({"seed": 2**64}, "seed:"),
+        ({"train.epochs": 10**30}, "train.epochs: number too large"),
+        ({"name": "a" * 101}, "name: String should have at most 100 characters"),
+    ],
+)
+def test_flags_numbers_and_sizes_are_not_coerced(override, says):
+    assert says in error_of(BASE, override)
+
+
 def test_unknown_nested_key():
     msg = error_of(BASE, {"train.optimizer.lrr": 0.1})
     assert "train.optimizer.lrr" in msg and "Did you mean 'lr'?" in msg

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bigmodel.data import ColumnRecords
-from bigmodel.errors import DataError
+from bigmodel.errors import DataError, UserError
 from bigmodel.serve import Predictor
 from bigmodel.tasks import ClassificationTask, RegressionTask
 
@@ -193,8 +193,185 @@ def test_non_numeric_record_value(predictor, bad):
 
 
 def test_non_numeric_array(predictor):
-    with pytest.raises(DataError, match="not numeric"):
+    with pytest.raises(
+        DataError, match=r"row 1, value 1 is 'a' \(str\); an array of rows holds plain numbers"
+    ):
         predictor.predict(np.array([["a", "b", "c", "d"]]))
+
+
+# --- prediction inputs are refused naming the row and the column, never predicted on ---------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (float("nan"), "missing value nan, and the column had no missing values in training"),
+        (None, "missing value None"),
+        ("NA", "missing value 'NA'"),
+        (float("inf"), "inf is not a finite number"),
+        ("-inf", "'-inf' is not a finite number"),
+        (10**400, "1000.* is not a finite number"),
+        (True, "True is not a number"),
+        ([1.0], r"\[1.0\] is not a number"),
+        ({"v": 1}, r"\{'v': 1\} is not a number"),
+    ],
+)
+def test_bad_cells_in_records_are_refused_naming_row_and_column(predictor, bad, match):
+    records = as_records(rows(3, seed=4))
+    records[1]["f2"] = bad
+    with pytest.raises(DataError, match=rf"inputs: row 2, column 'f2': {match}"):
+        predictor.predict(records)
+
+
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.array([[1.0, 2.0, np.nan, 4.0]]), r"row 1, column 'f2': missing value nan"),
+        (
+            np.array([[1.0, 2.0, 3.0, 4.0], [1.0, np.inf, 3.0, 4.0]]),
+            r"row 2, column 'f1': inf is not a finite",
+        ),
+        (np.ones((2, 4), dtype=bool), r"row 1, value 1 is True \(bool\)"),
+        (np.array([[1.0, 2.0, None, 4.0]], dtype=object), r"row 1, value 3 is None"),
+        ([[1.0, 2.0, 3.0, True]], r"row 1, value 4 is True"),
+        ([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0]], "rows of different lengths"),
+        ([[1.0, 2.0, 3.0, [4.0]]], "rows of different lengths"),
+        (np.array([["1", "2", "3", "4"]]), r"row 1, value 1 is '1' \(str\)"),
+        (torch.ones(2, 4, dtype=torch.bool), "a tensor of torch.bool"),
+        (np.ones((2, 4, 1)), r"shape \(2, 4, 1\) does not fit"),
+        (None, "got NoneType"),
+        ([], "nothing to predict"),
+    ],
+)
+def test_bad_arrays_are_refused_naming_the_row(predictor, array, match):
+    with pytest.raises(DataError, match=match):
+        predictor.predict(array)
+
+
+def test_jsonl_file_with_true_or_null_for_a_number_is_refused_naming_file_row_and_column(tmp_path, predictor):
+    records = as_records(rows(3, seed=5))
+    for value, match in ((True, "True is not a number"), (None, "missing value None")):
+        records[2]["f0"] = value
+        path = tmp_path / "in.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        with pytest.raises(DataError, match=rf"in.jsonl: row 3, column 'f0': {match}"):
+            predictor.predict(path)
+
+
+def test_missing_values_are_imputed_at_predict_time_only_where_training_imputed_them():
+    n = 24
+    columns = {
+        "age": [float(20 + i) if i % 6 else None for i in range(n)],  # missing in training: imputed
+        "height": [150.0 + i for i in range(n)],  # never missing in training
+        "city": [["Paris", "Nice", "Lyon"][i % 3] if i % 5 else "" for i in range(n)],  # a <missing> slot
+        "pet": [["cat", "dog"][i % 2] for i in range(n)],  # never missing: no slot
+        "label": ["a", "b"] * (n // 2),
+    }
+    task = ClassificationTask(
+        ClassificationTask.Options(), {**DATA, "features": ["age", "height", "city", "pet"]}
+    )
+    task.fit(ColumnRecords(columns, "arrays"))
+    p = Predictor(nn.Linear(task.features.input_shape[0], 2), task)
+    full = {"age": 31.0, "height": 160.0, "city": "Nice", "pet": "cat"}
+    filled = p.predict({**full, "age": task.features.state()["columns"][0]["fill"]})
+    assert p.predict({**full, "age": None}) == p.predict({**full, "age": "NA"}) == filled
+    missing_city = task.features.encode({**full, "city": None})
+    assert missing_city[task.features.feature_names.index("city=<missing>")] == 1.0
+    assert len(p.predict({**full, "city": float("nan")})) == 1
+    for column in ("height", "pet"):
+        with pytest.raises(
+            DataError, match=rf"row 1, column '{column}': missing value None, and the column had no"
+        ):
+            p.predict({**full, column: None})
+    with pytest.raises(DataError, match=r"row 2, column 'pet': \['cat'\] is a list, not a category"):
+        p.predict([full, {**full, "pet": ["cat"]}])
+    assert len(p.predict({**full, "pet": "parrot"})) == 1  # an unseen category is all zeros, as documented
+
+
+def test_refuse_policy_refuses_missing_values_at_predict_time():
+    columns = {"x": [1.0, None, 3.0, 4.0], "c": ["u", "v", None, "u"], "label": ["a", "b", "a", "b"]}
+    task = ClassificationTask(ClassificationTask.Options(), {**DATA, "missing": "impute"})
+    task.fit(ColumnRecords(columns, "arrays"))
+    strict = ClassificationTask(ClassificationTask.Options(), {**DATA, "missing": "refuse"})
+    strict.fit(
+        ColumnRecords({"x": [1.0, 2.0, 3.0, 4.0], "c": ["u", "v", "v", "u"], "label": ["a", "b"] * 2}, "t")
+    )
+    for t in (task, strict):
+        assert t.parse({"x": 2.0, "c": "u"})
+    assert task.parse({"x": None, "c": None})
+    with pytest.raises(DataError, match="missing value None, and data.missing is 'refuse'"):
+        strict.parse({"x": None, "c": "u"})
+
+
+# --- outputs that are not finite are refused, never returned or printed ------------------------------
+
+
+def nan_weights(model: nn.Module, rows_to_break=None) -> nn.Module:
+    with torch.no_grad():
+        model[-1].bias[:] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize("make", ["classifier", "regressor"])
+def test_non_finite_outputs_are_a_user_error_naming_the_rows(make, predictor, regressor):
+    p = predictor if make == "classifier" else regressor
+    nan_weights(p.model)
+    with pytest.raises(
+        UserError, match=r"non-finite outputs \(NaN or inf\) for rows 1, 2, 3 of 3; its weights"
+    ):
+        p.predict(rows(3, seed=1))
+
+
+def test_outputs_that_overflow_for_some_rows_only_are_named():
+    class Explode(nn.Module):
+        def forward(self, x):
+            out = torch.zeros(len(x), 3)
+            out[x[:, 0] > 0] = float("inf")
+            return out
+
+    task = fitted(ClassificationTask, [2, 10, 7, 10] * 10)
+    x = rows(6, seed=2)
+    x[:, 0] = [-1.0, 5.0, -1.0, -1.0, 6.0, -1.0]
+    with pytest.raises(UserError, match=r"for rows 2, 5 of 6"):
+        Predictor(Explode(), task).predict(x)
+
+
+def test_cli_predict_with_nan_weights_exits_2_and_prints_no_json(tmp_path, predictor, monkeypatch, capsys):
+    import sys
+
+    import bigmodel.pipeline
+    from bigmodel.cli import main
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in as_records(rows(2, seed=3))))
+    monkeypatch.setattr(
+        bigmodel.pipeline, "load", lambda run: Predictor(nan_weights(predictor.model), predictor.task)
+    )
+    monkeypatch.setattr(sys, "argv", ["bigmodel", "predict", str(tmp_path), str(path)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    out = capsys.readouterr()
+    assert info.value.code == 2 and out.out == ""
+    assert "non-finite outputs" in out.err and "Traceback" not in out.err
+
+
+def test_cli_predict_writes_strict_json(tmp_path, predictor, monkeypatch, capsys):
+    import sys
+
+    import bigmodel.pipeline
+    from bigmodel.cli import main
+
+    path = tmp_path / "in.csv"
+    x = rows(3, seed=8)
+    path.write_text("f0,f1,f2,f3\n" + "".join(",".join(map(str, r)) + "\n" for r in x))
+    monkeypatch.setattr(bigmodel.pipeline, "load", lambda run: predictor)
+    monkeypatch.setattr(sys, "argv", ["bigmodel", "predict", str(tmp_path), str(path)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    lines = capsys.readouterr().out.splitlines()
+    assert info.value.code in (0, None) and len(lines) == 3
+    parsed = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in the output")) for line in lines]
+    assert [r["label"] for r in parsed] == [r["label"] for r in predictor.predict(x)]
 
 
 def test_unknown_file_type(tmp_path, predictor):

@@ -15,7 +15,7 @@ from sklearn import metrics as skm
 from torch import nn
 
 from bigmodel.data import ColumnRecords, load_source
-from bigmodel.errors import DataError, RecipeError, RunDirError
+from bigmodel.errors import DataError, RecipeError, RunDirError, UserError
 from bigmodel.models.registry import get_family
 from bigmodel.recipe import load_recipe
 from bigmodel.tasks import ClassificationTask, RegressionTask, create_task, restore_task, task_class
@@ -129,20 +129,59 @@ def test_label_column_must_exist():
     assert label_column({"label": None}, records(["a", "b"])) == "label"  # the default name
 
 
-def test_clean_leaves_out_missing_labels_and_says_which_rows(tmp_path):
+def test_clean_refuses_missing_labels_naming_rows_or_drops_them_when_told(tmp_path):
     path = write_wine_csv(tmp_path / "wine.csv")
     lines = path.read_text().splitlines()
     lines[6] = lines[6].rsplit(",", 1)[0] + ","  # row 6 (line 7) has an empty label
+    lines[9] = lines[9].rsplit(",", 1)[0] + ",?"  # row 9: a question mark
     path.write_text("\n".join(lines) + "\n")
     data = load_source(f"csv:{path}")["data"]
-    task = make(ClassificationTask)
+    with pytest.raises(DataError) as info:
+        make(ClassificationTask).clean(data.select(range(3, 20)), "train")
+    assert "wine.csv (train split): 2 rows of 17 have a missing label in column 'label' (rows 6, 9;" in str(
+        info.value
+    )
+    assert "task.missing_labels: drop" in str(info.value)
+    assert make(ClassificationTask).clean(data.select([0, 1]), "test").column("label") == data.select(
+        [0, 1]
+    ).column("label")
+    task = make(ClassificationTask, missing_labels="drop")
     kept = task.clean(data.select(range(3, 20)), "train")
-    assert len(kept) == 16 and 6 not in [kept.row_number(i) for i in range(len(kept))]
-    assert any("row 6" in note and "'label'" in note for note in task.notes())
-    assert task.clean(data.select([0, 1]), "test").column("label") == data.select([0, 1]).column("label")
+    assert len(kept) == 15 and {6, 9}.isdisjoint(kept.row_number(i) for i in range(len(kept)))
+    assert task.notes() == ["2 rows with a missing label in column 'label' were left out (rows 6, 9)"]
     everything_missing = records(["", "NA", None])
     with pytest.raises(DataError, match="every value of the label column"):
         task.clean(everything_missing, "train")
+
+
+@pytest.mark.parametrize("cls", [ClassificationTask, RegressionTask])
+def test_missing_labels_option_is_validated_by_the_task(cls):
+    assert cls.Options().missing_labels == "refuse"
+    with pytest.raises(RecipeError, match=r"task.missing_labels: .*got 'skip'"):
+        create_task(load_recipe({"name": "t", "data": {"source": "builtin:wine"}, "model": {"arch": "mlp"},
+                                 "task": {"name": cls.name, "missing_labels": "skip"}}))  # fmt: skip
+
+
+def test_boolean_labels_are_one_class_per_truth_value_and_never_mixed_with_numbers():
+    task = fitted(ClassificationTask, [True, "false", "TRUE", np.bool_(False), " true "])
+    assert task.labels.names == ["False", "True"]
+    assert [task.labels.index(v) for v in (True, "True", "false", np.bool_(True))] == [1, 1, 0, 1]
+    with pytest.raises(DataError, match=r"mixes booleans \(False, True\) with numbers \(0, 1\)"):
+        fitted(ClassificationTask, [True, False, 1, 0])
+
+
+def test_numeric_labels_equal_as_numbers_are_one_class_through_clean_and_fit():
+    task = make(ClassificationTask)
+    table = task.clean(records([1, "1.0", 1.0, " 1 ", 2, "2.0", np.int64(3), "3.00"]), "train")
+    task.fit(table)
+    assert task.labels.names == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("target", ["inf", float("-inf"), "nan", True, "abc", [1], 10**400])
+def test_regression_targets_that_are_not_finite_numbers_are_refused_naming_the_row(target):
+    table = records([1.5, 2.0, target, 3.0])
+    with pytest.raises(DataError, match=r"arrays \(train split\), row 3, column 'label': .*regression needs"):
+        make(RegressionTask).fit(table)
 
 
 def test_strata_are_class_names():
@@ -334,7 +373,9 @@ def test_parse_files_records_and_arrays(tmp_path, wine):
         with pytest.raises(DataError) as info:
             task.parse(bad)
         assert "shape" in str(info.value) and "13 values per row" in str(info.value)
-    with pytest.raises(DataError, match="not numeric"):
+    with pytest.raises(
+        DataError, match=r"row 1, value 1 is .a. \(str\); an array of rows holds plain numbers"
+    ):
         task.parse([["a"] * 13])
     with pytest.raises(DataError, match="expected a .csv/.jsonl/.parquet file"):
         task.parse("not a file")
@@ -497,3 +538,16 @@ def test_regression_on_diabetes_jsonl_and_state_round_trip(tmp_path):
     torch.testing.assert_close(batch_of(again, rows)["y"], batch_of(task, rows)["y"])
     one = {"x": torch.zeros(1, 10), "num_items": 1}
     assert math.isclose(again.predict(Fixed(torch.ones(1, 1)), one)[0]["prediction"], task.mean + task.std)
+
+
+@pytest.mark.parametrize("cls", [ClassificationTask, RegressionTask])
+def test_metrics_refuse_non_finite_outputs(cls):
+    task = fitted(cls, ["a", "b", "a", "b"] if cls is ClassificationTask else [1.0, 2.0, 3.0, 4.0])
+    batch = batch_of(
+        task, list(records(["a", "b", "a", "b"] if cls is ClassificationTask else [1.0, 2, 3, 4]))
+    )
+    outputs = torch.zeros(4, task.num_outputs)
+    outputs[2, 0] = float("nan")
+    with pytest.raises(UserError, match="non-finite outputs \\(NaN or inf\\) for 1 example; no metric"):
+        compute(task, outputs, batch, chunks=2)
+    assert math.isfinite(compute(task, torch.zeros(4, task.num_outputs), batch)["loss"])

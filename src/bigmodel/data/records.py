@@ -132,10 +132,13 @@ def records_from_rows(rows: Sequence[Mapping], where: str) -> ColumnRecords:
     """Records from dicts; every dict must have the first one's keys (extra keys are ignored)."""
     if not rows:
         raise DataError(f"{where}: no records.")
-    keys = list(rows[0])
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise DataError(f"{where}: record {i + 1} is a {type(row).__name__}, expected an object.")
+    keys = list(rows[0])
+    if not keys:
+        raise DataError(f"{where}: record 1 has no fields; the first record names the columns.")
+    for i, row in enumerate(rows):
         missing = [k for k in keys if k not in row]
         if missing:
             raise DataError(f"{where}: record {i + 1} lacks '{missing[0]}' (the first record has {keys}).")

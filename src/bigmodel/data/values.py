@@ -1,16 +1,21 @@
 """What a single cell means: missing values, numbers, canonical class names, labels, and how
 messages name a cell.
 
-* **Missing values** are ``None``, NaN and the strings ``""``, ``NA``, ``N/A``, ``null``, ``None``,
-  ``?`` and ``nan`` (case-insensitive, surrounding spaces ignored): :func:`is_missing`.
+* **Missing values** are ``None``, NaN and the strings ``""``, ``NA``, ``N/A``, ``#N/A``, ``<NA>``,
+  ``null``, ``None``, ``?`` and ``nan`` (case-insensitive, surrounding spaces ignored):
+  :func:`is_missing`. In a *label* column a lone ``-`` or ``--`` also means "no label", unless the
+  column also holds ``+`` (then they are signs): :func:`missing_labels`.
 * **Numbers** are Python/NumPy numbers and numeric strings such as ``"1e-3"`` or ``" 3 "``
   (:func:`parse_number`, :func:`parse_numbers`); booleans count only where the caller allows them.
 * **Formatted numbers** are numbers a person wrote, which ``float()`` refuses: ``"1,234"``, ``"12%"``,
   ``"$3.50"``, ``"3.5 kg"`` (thousands separators, %, a currency sign, a space and a unit of up to 3
   letters): :func:`looks_formatted`.
 * **Class and category names** are canonical strings, so ``1``, ``1.0``, ``"1"`` and ``" 1.0 "`` are
-  one class (whole numbers print as integers): :func:`class_name`.
-* **Labels.** :func:`clean_labels` keeps the rows whose label is present and notes the dropped ones.
+  one class (whole numbers print as integers), and ``True``, ``"true"`` and ``"TRUE"`` are one class
+  ``"True"`` (a boolean is not the number 1: a label column mixing both is refused by the task):
+  :func:`class_name`.
+* **Labels.** :func:`clean_labels` refuses rows whose label is missing, naming them, or (policy
+  ``drop``) leaves them out with a note saying how many.
 
 Messages name a cell by file, row (as the user's file counts rows) and column
 (:func:`resolve_row_numbers`, :func:`cell_location`, :func:`describe_rows`) and show values
@@ -29,7 +34,9 @@ import numpy as np
 
 from bigmodel.errors import DataError
 
-MISSING_TOKENS = frozenset({"", "na", "n/a", "null", "none", "?", "nan"})
+MISSING_TOKENS = frozenset({"", "na", "n/a", "#n/a", "<na>", "null", "none", "?", "nan"})
+LABEL_PLACEHOLDERS = frozenset({"-", "--"})  # "no label" in a label column, unless "+" is a class
+MISSING_LABELS = ("refuse", "drop")  # what a task does with rows whose label is missing
 _UNSET = object()
 
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
@@ -56,14 +63,18 @@ def class_name(value: object) -> str | None:
     """The canonical string of a label or category; None when the value is missing.
 
     Numbers and numeric strings print as numbers, whole ones as integers, so ``1``, ``1.0``, ``"1"``
-    and ``" 1.0 "`` all give ``"1"``; other strings are stripped; booleans give ``"True"``/``"False"``.
+    and ``" 1.0 "`` all give ``"1"``; other strings are stripped; booleans and the strings ``true`` /
+    ``false`` in any case give ``"True"``/``"False"`` (CSV writes them as text, JSON as booleans).
     """
     if value is None:
         return None
     if isinstance(value, str):
         s = value.strip()
-        if s.lower() in MISSING_TOKENS:
+        low = s.lower()
+        if low in MISSING_TOKENS:
             return None
+        if low in ("true", "false"):
+            return "True" if low == "true" else "False"
         try:
             return str(int(s))  # exact for big integers, which float() would round
         except ValueError:
@@ -90,26 +101,49 @@ def _number_name(f: float) -> str | None:
     return repr(f)
 
 
+def missing_labels(values: Sequence) -> np.ndarray:
+    """Which labels are missing: :func:`is_missing`, and a lone ``-``/``--`` unless ``+`` is a label."""
+    missing = np.fromiter((is_missing(v) for v in values), dtype=bool, count=len(values))
+    dashes = np.fromiter(
+        (isinstance(v, str) and v.strip() in LABEL_PLACEHOLDERS for v in values),
+        dtype=bool,
+        count=len(values),
+    )
+    if dashes.any() and not any(isinstance(v, str) and v.strip() == "+" for v in values):
+        missing |= dashes
+    return missing
+
+
 def clean_labels(
-    values: Sequence, where: str, label: str, row_numbers: Sequence[int] | None = None
+    values: Sequence,
+    where: str,
+    label: str,
+    row_numbers: Sequence[int] | None = None,
+    policy: str = "refuse",
+    option: str = "task.missing_labels",
 ) -> tuple[np.ndarray, list[str]]:
-    """Find the rows whose label is present; missing labels are dropped with a note, never silently.
+    """Find the rows whose label is present; rows with a missing label are refused or dropped with a
+    note, never silently.
 
     Args:
         values: the label column.
         where: the file (or split) the column came from, for messages.
         label: the label column's name, for messages.
         row_numbers: each value's row number as the user's file counts them (default: index + 1).
+        policy: ``refuse`` (a DataError names the rows) or ``drop`` (left out, with a note).
+        option: the recipe field that sets ``policy``, for messages.
 
     Returns:
         ``(kept_indices, notes)``: int64 indices of the rows to keep, and human-readable notes.
         Use :func:`class_name` on the kept values for canonical class names.
 
     Raises:
-        DataError: every label is missing.
+        DataError: a label is missing and ``policy`` is ``refuse``, or every label is missing.
     """
+    if policy not in MISSING_LABELS:
+        raise DataError(f"{option}: unknown value {policy!r}. Allowed: {', '.join(MISSING_LABELS)}.")
     rows = resolve_row_numbers(row_numbers, len(values), where)
-    missing = np.fromiter((is_missing(v) for v in values), dtype=bool, count=len(values))
+    missing = missing_labels(values)
     kept = np.flatnonzero(~missing)
     if len(values) and not len(kept):
         raise DataError(
@@ -120,20 +154,28 @@ def clean_labels(
     if missing.any():
         dropped = np.flatnonzero(missing)
         rows_text = describe_rows(rows, dropped)
-        if len(dropped) == 1:
+        n = len(dropped)
+        if policy == "refuse":
+            markers = sorted({short_repr(values[i]) for i in dropped[:20]})
+            raise DataError(
+                f"{where}: {n} row{'s' * (n > 1)} of {len(values)} {'have' if n > 1 else 'has'} a missing "
+                f"label in column '{label}' ({rows_text}; written as {', '.join(markers)}). "
+                f"Fill {'them' if n > 1 else 'it'} in, or set {option}: drop to leave such rows out."
+            )
+        if n == 1:
             notes.append(f"1 row with a missing label in column '{label}' was left out ({rows_text})")
         else:
-            notes.append(
-                f"{len(dropped)} rows with a missing label in column '{label}' were left out ({rows_text})"
-            )
+            notes.append(f"{n} rows with a missing label in column '{label}' were left out ({rows_text})")
     return kept.astype(np.int64), notes
 
 
 def parse_number(value: object, allow_bool: bool) -> float | None:
     """A float for a number (NaN for a missing value, inf kept), None for anything that is no number."""
     t = type(value)
-    if t is float or t is int:  # the common cases first: this runs once per cell
-        return float(value)
+    if t is float:  # the common case first: this runs once per cell
+        return value
+    if t is int:
+        return _int_to_float(value)
     if isinstance(value, str):
         try:
             return float(value)  # accepts " 3 ", "1e-3", "nan", "inf"
@@ -148,9 +190,22 @@ def parse_number(value: object, allow_bool: bool) -> float | None:
         return math.nan
     if isinstance(value, bool | np.bool_):
         return float(value) if allow_bool else None
+    if isinstance(value, numbers.Integral):
+        return _int_to_float(int(value))
     if isinstance(value, numbers.Real | Decimal):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a Fraction beyond float range
+            return math.inf if value > 0 else -math.inf
     return None
+
+
+def _int_to_float(value: int) -> float:
+    """An int as a float; ±inf beyond float range (10**400), as ``float("1e400")`` gives."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def parse_numbers(values: Sequence, allow_bool: bool) -> tuple[np.ndarray, list[int]]:

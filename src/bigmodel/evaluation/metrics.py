@@ -15,8 +15,16 @@ def classification_metrics(confusion: np.ndarray, class_names: list[str]) -> dic
     """Accuracy, macro precision/recall/F1, per-class table and confusion matrix, from the confusion
     matrix (rows: true, columns: predicted).
 
-    Classes with no predictions (or no support) score 0 for precision (recall), as scikit-learn's
-    ``zero_division=0``; macro averages run over every class in ``class_names``.
+    The conventions are scikit-learn's (``precision_recall_fscore_support`` with ``labels=None`` and
+    ``zero_division=0``):
+
+    * **Macro averages** run over the classes *present*: those in the labels or in the predictions
+      (scikit-learn's default ``labels`` is the union of ``y_true`` and ``y_pred``). A class of the
+      training split that is absent from both neither scores 0 nor counts; ``macro_classes`` lists
+      the classes averaged over, so a report states it.
+    * A present class with no predictions scores precision 0; with no support, recall 0 (and F1 0).
+    * The **per-class table** lists every class; an absent one has ``"absent": true`` and zeros.
+    * No examples at all: every number is 0, never NaN.
     """
     k = len(class_names)
     confusion = np.asarray(confusion).reshape(k, k)
@@ -26,11 +34,19 @@ def classification_metrics(confusion: np.ndarray, class_names: list[str]) -> dic
     recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
+    present = (predicted > 0) | (support > 0)
+
+    def macro(values: np.ndarray) -> float:
+        return float(values[present].mean()) if present.any() else 0.0
+
     return {
         "accuracy": float(tp.sum() / max(int(support.sum()), 1)),
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
-        "f1_macro": float(f1.mean()),
+        "precision_macro": macro(precision),
+        "recall_macro": macro(recall),
+        "f1_macro": macro(f1),
+        "macro_classes": [name for name, p in zip(class_names, present, strict=True) if p],
+        "macro_average": "over the classes present in the labels or the predictions (scikit-learn's "
+        "labels=None, zero_division=0); classes absent from both are listed in per_class as absent",
         "per_class": [
             {
                 "class": name,
@@ -38,6 +54,7 @@ def classification_metrics(confusion: np.ndarray, class_names: list[str]) -> dic
                 "recall": float(recall[i]),
                 "f1": float(f1[i]),
                 "support": int(support[i]),
+                "absent": not bool(present[i]),
             }
             for i, name in enumerate(class_names)
         ],

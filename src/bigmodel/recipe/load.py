@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, get_args
 
@@ -28,7 +28,7 @@ def shipped_recipes() -> dict[str, Path]:
 def find_recipe(name_or_path: str | Path) -> Path:
     """Resolve a file path, or the name of a shipped recipe (``digits-cnn``)."""
     path = Path(name_or_path)
-    if path.is_file():
+    if _is_file(path):
         return path
     shipped = shipped_recipes()
     if str(name_or_path) in shipped:
@@ -37,6 +37,13 @@ def find_recipe(name_or_path: str | Path) -> Path:
         f"recipe: no file '{name_or_path}' and no shipped recipe of that name. "
         f"Shipped recipes: {', '.join(shipped) or 'none'}.{did_you_mean(path.stem, shipped)}"
     )
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system is no file either
+        return False
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -50,8 +57,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key or key.strip() != key:
             raise RecipeError(f"override {item!r}: expected KEY=VALUE, for example train.epochs=5")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = _parse_yaml(raw) if raw.strip() else ""
+        except (yaml.YAMLError, RecursionError):
             value = raw
         out[key] = _yaml_float(value)
     return out
@@ -76,6 +83,8 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
     """Merge overrides into a recipe dict. Keys may be dotted (``train.epochs``) or nested dicts."""
     data = copy.deepcopy(data)
     for key, value in overrides.items():
+        if not isinstance(key, str) or "" in key.split("."):
+            raise RecipeError(f"override {key!r}: expected a dotted key such as train.epochs")
         *parents, leaf = key.split(".")
         node = data
         for i, part in enumerate(parents):
@@ -113,22 +122,80 @@ def load_recipe(source: str | Path | Mapping | Recipe, overrides: Mapping[str, A
         where = "recipe"
     elif isinstance(source, Mapping):
         data, where = dict(source), "recipe"
+    elif not isinstance(source, str | Path):
+        raise RecipeError(
+            "recipe: expected a YAML file, a shipped recipe name, a dict or a Recipe; "
+            f"got {type(source).__name__}."
+        )
     else:
         path = find_recipe(source)
         where = str(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = _parse_yaml(path.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+        except OSError as exc:
+            raise RecipeError(f"{path}: cannot read it: {exc.strerror or exc}.") from None
         except yaml.YAMLError as exc:
             raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+        except RecursionError:
+            raise RecipeError(f"{path}: not a recipe: nested too deeply.") from None
         if not isinstance(data, dict):
             raise RecipeError(
                 f"{path}: a recipe is a YAML mapping (name:, data:, model:, ...), got {type(data).__name__}"
             )
+    _check_size(data, where)
+    for key, value in (overrides or {}).items():
+        _check_size(value, f"override {key}")
     data = apply_overrides(_yaml_float(data), overrides or {})
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise explain(exc, where) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that a key given twice in one mapping is an error, not the last one."""
+
+
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # "<<: *defaults" merges keys that the mapping's own keys may override
+        key = loader.construct_object(key_node)
+        if not isinstance(key, Hashable):
+            continue  # construct_mapping explains an unhashable key
+        if key in lines:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first on line {lines[key] + 1})", key_node.start_mark
+            )
+        lines[key] = key_node.start_mark.line
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
+
+
+_MAX_VALUES = 100_000  # a recipe is a short file; more means aliases repeating a section (a YAML bomb)
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse a recipe of more than ``_MAX_VALUES`` values (also catches self-referencing dicts/lists)."""
+    stack, count = [data], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > _MAX_VALUES:
+            raise RecipeError(f"{where}: more than {_MAX_VALUES} values; is an alias repeating a section?")
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def to_yaml(recipe: Recipe) -> str:
@@ -140,11 +207,16 @@ def explain(exc: ValidationError, where: str) -> RecipeError:
     by_field: dict[str, list[str]] = {}
     for err in exc.errors():
         # Union members and validator functions add loc parts like "int" or "function-after[...]".
-        loc = [str(p) for p in err["loc"] if not _is_union_tag(str(p))]
+        # An unknown key comes last and is the user's text, so "int" or "[" there is a key, not a tag.
+        parts = [str(p) for p in err["loc"]]
+        unknown = err["type"] == "extra_forbidden"
+        loc = [p for p in parts[:-1] if not _is_union_tag(p)]
+        loc += [p for p in parts[-1:] if unknown or not _is_union_tag(p)]
         field = ".".join(loc) or "recipe"
-        if err["type"] == "extra_forbidden":
+        if unknown:
             allowed = _allowed_keys(loc[:-1])
-            text = f"unknown key. Allowed here: {', '.join(allowed)}.{did_you_mean(loc[-1], allowed)}"
+            hint = did_you_mean(loc[-1], allowed)
+            text = f"unknown key {loc[-1]!r}. Allowed here: {', '.join(allowed)}.{hint}"
         elif err["type"] == "missing":
             text = "required but missing."
         else:

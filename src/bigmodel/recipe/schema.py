@@ -7,19 +7,45 @@ No torch import here: ``bigmodel --help`` and recipe checks stay fast.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adagrad", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "linear")
-SOURCE_SCHEMES = ("builtin", "csv", "jsonl", "parquet", "hf", "hf-disk", "memory")  # memory: bigmodel.fit
+SOURCE_SCHEMES = (
+    "builtin",
+    "csv",
+    "jsonl",
+    "parquet",
+    "conll",
+    "hf",
+    "hf-disk",
+    "memory",
+)  # memory: bigmodel.fit
 DEVICES = ("auto", "cpu", "cuda", "mps")
-BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes", "wnut16-ner")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys refused; numbers finite (no ``.inf``/``.nan``) and within int64; ``true``/``false``
+    (and YAML's ``yes``/``no``) are not numbers, nor numbers or strings flags: ``seed: yes`` or
+    ``restore_best: 0`` is refused instead of meaning 1 or false."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        flag = annotation is bool or bool in get_args(annotation)
+        if isinstance(value, bool) and not flag:
+            raise ValueError("true/false is not allowed here")
+        if flag and value is not None and not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            raise ValueError("number too large")
+        return value
 
 
 class Named(Strict):
@@ -196,9 +222,9 @@ class TrainConfig(Strict):
 class Recipe(Strict):
     """A whole run: data, task, model, training. Load with :func:`bigmodel.load_recipe`."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # a folder name
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="numpy and torch generators take 0 <= seed < 2**63")
     data: DataConfig
     task: TaskConfig = TaskConfig()
     model: ModelConfig

@@ -2,16 +2,21 @@
 
 It knows no task: ``task.parse`` turns the input (a file, records, strings, arrays, ...) into
 examples, ``task.encode`` and ``task.collate`` make batches, ``task.predict`` reads the outputs back.
-Nothing is mutated per call, so one Predictor serves many threads.
+Nothing is mutated per call, so one Predictor serves many threads. What comes out is finite: a
+model whose outputs hold NaN or inf (damaged weights, inputs far outside the training data) is
+refused with a :class:`~bigmodel.errors.UserError` naming the rows, never returned.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from bigmodel.data.loader import to_device
-from bigmodel.errors import DataError
+from bigmodel.data.values import describe_rows
+from bigmodel.errors import DataError, UserError
 
 
 class Predictor:
@@ -34,7 +39,12 @@ class Predictor:
 
     def predict(self, inputs) -> list[dict]:
         """Predict for whatever the task accepts (see its ``parse``): a data file, records, strings,
-        an array of rows. Returns one readable dict per example."""
+        an array of rows. Returns one readable dict per example.
+
+        Raises:
+            UserError: the inputs are not what the task accepts (a DataError naming the row and
+                field), or the model's outputs are not finite for some rows.
+        """
         examples = self.task.parse(inputs)
         if not examples:
             raise DataError("inputs: nothing to predict.")
@@ -44,4 +54,24 @@ class Predictor:
                 chunk = examples[start : start + self.batch_size]
                 batch = self.task.collate([self.task.encode(example, None) for example in chunk])
                 out += self.task.predict(self.model, to_device(batch, self.device))
+        bad = [i for i, row in enumerate(out) if not _finite(row)]
+        if bad:
+            raise UserError(
+                f"inputs: the model produced non-finite outputs (NaN or inf) for "
+                f"{describe_rows(range(1, len(out) + 1), bad)} of {len(out)}; its weights may be damaged "
+                f"(check the run's model.safetensors), or these inputs lie far outside the training data."
+            )
         return out
+
+
+def _finite(value) -> bool:
+    """Whether every number in a result (nested dicts, lists, tensors) is finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    return True

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bigmodel.errors import RecipeError, RunDirError, unknown_name
+from bigmodel.errors import RecipeError, RunDirError, UserError, unknown_name
 from bigmodel.tasks.base import TASK_FORMAT, Metric, Task, load_object
 from bigmodel.tasks.classification import ClassificationTask
 from bigmodel.tasks.regression import RegressionTask
 from bigmodel.tasks.text_classification import TextClassificationTask
+from bigmodel.tasks.token_classification import TokenClassificationTask
 
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "regression": RegressionTask,
     "text_classification": TextClassificationTask,
+    "token_classification": TokenClassificationTask,
 }
 
 
@@ -41,17 +43,71 @@ def create_task(recipe) -> Task:
 
 
 def restore_task(state: dict, run_dir: Path) -> Task:
-    """The fitted task of a run directory, from task.json (and files beside it)."""
-    if not isinstance(state, dict) or state.get("format") != TASK_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    """The fitted task of a run directory, from task.json (and files beside it).
+
+    Raises:
+        RunDirError: naming task.json and the key that is missing or of the wrong type, or the
+            task's own complaint about its state (or the files it saved beside task.json).
+    """
+    where = Path(run_dir) / "task.json"
+    if not isinstance(state, dict):
+        raise RunDirError(f"{where}: damaged: expected a JSON object, found {type(state).__name__}.")
+    if state.get("format") != TASK_FORMAT:
         raise RunDirError(
-            f"{run_dir / 'task.json'}: format {found!r}; this version of bigmodel reads format "
-            f"{TASK_FORMAT}. "
+            f"{where}: format {state.get('format')!r}; this version of bigmodel reads format {TASK_FORMAT}. "
             "Retrain the run with this version."
         )
-    name = state.get("name")
-    return task_class(name if name in TASKS else state.get("class", name)).restore(state, run_dir)
+    # ``class`` is what was trained; a built-in ``name`` stands for it only when they agree (a user's
+    # subclass of a built-in task inherits its name, and must be restored as itself).
+    name, spec = state.get("name"), state.get("class")
+    if name in TASKS and spec in (None, _qualified(TASKS[name])):
+        spec = name
+    if not isinstance(spec, str) or not spec:
+        raise RunDirError(f"{where}: damaged: 'name' and 'class' do not name a task (found {spec!r}).")
+    try:
+        cls = task_class(spec)
+    except RecipeError as exc:
+        raise RunDirError(f"{where}: names the task {spec!r}, which cannot be loaded: {exc}") from None
+    check_state(cls, state, where)
+    try:
+        return cls.restore(state, Path(run_dir))
+    except RunDirError:
+        raise
+    except UserError as exc:
+        raise RunDirError(f"{where}: the task cannot be restored: {exc}") from None
+    except KeyError as exc:
+        raise RunDirError(f"{where}: damaged: missing key {exc.args[0]!r} that the task needs.") from None
+    except Exception as exc:  # what restoring code makes of a damaged file (tokenizers raise Exception)
+        raise RunDirError(
+            f"{where}: damaged: the task cannot be restored from it and the files saved beside it "
+            f"({type(exc).__name__}: {exc})."
+        ) from None
+
+
+def check_state(cls: type, state: dict, where: Path) -> None:
+    """Every key of ``state_types`` (merged over ``cls``'s hierarchy) present with its JSON type."""
+    types: dict = {}
+    for klass in reversed(cls.__mro__):
+        types |= getattr(klass, "state_types", None) or {}
+    for key, kind in types.items():
+        if key not in state:
+            raise RunDirError(f"{where}: damaged: missing key {key!r} that the {cls.__name__} task needs.")
+        value = state[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            expected = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+            raise RunDirError(
+                f"{where}: damaged: {key!r} should be {expected}, found {type(value).__name__} {value!r:.60}."
+            )
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true/false"}  # fmt: skip
 
 
 __all__ = ["TASKS", "ClassificationTask", "Metric", "RegressionTask", "Task", "TextClassificationTask",
-           "create_task", "restore_task", "task_class"]  # fmt: skip
+           "check_state", "create_task", "restore_task", "task_class"]  # fmt: skip

@@ -13,17 +13,17 @@ import dataclasses
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, get_args
+from typing import Any, ClassVar, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from bigmodel.data.records import Records
 from bigmodel.data.sources import load_source
 from bigmodel.data.values import clean_labels
-from bigmodel.errors import DataError, RecipeError, did_you_mean
+from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
 
 TASK_FORMAT = 1  # task.json's format version
 FILE_SCHEMES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -31,6 +31,17 @@ FILE_SCHEMES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": 
 
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class LabelOptions(BaseModel):
+    """Options of every task with a label column."""
+
+    model_config = ConfigDict(extra="forbid")
+    missing_labels: Literal["refuse", "drop"] = Field(
+        "refuse",
+        description="rows whose label is missing (empty, NA, ?, null, ...): refuse them naming the rows, "
+        "or drop them (the count is in data.json's notes)",
+    )
 
 
 class Metric:
@@ -51,6 +62,22 @@ class Metric:
     def update(self, outputs: Any, batch: dict) -> None:
         raise NotImplementedError
 
+    def count_non_finite(self, outputs: torch.Tensor) -> None:
+        """Count the examples whose outputs hold NaN or inf (``sums["non_finite"]``), so that
+        :meth:`check_finite` refuses to report numbers computed from them."""
+        bad = ~torch.isfinite(outputs.detach().reshape(len(outputs), -1)).all(dim=1)
+        self.add("non_finite", bad.sum())
+
+    def check_finite(self) -> None:
+        """Raise a UserError when any output counted by :meth:`count_non_finite` was not finite."""
+        bad = int(self.sums["non_finite"]) if "non_finite" in self.sums else 0
+        if bad:
+            raise UserError(
+                f"the model produced non-finite outputs (NaN or inf) for {bad} example{'s' * (bad > 1)}; "
+                "no metric is computed from them. Its weights may be damaged (check model.safetensors) or "
+                "the training diverged."
+            )
+
     def compute(self) -> dict:
         raise NotImplementedError
 
@@ -68,6 +95,11 @@ class Task:
     Options: ClassVar[type[BaseModel]] = NoOptions
     metric_names: ClassVar[tuple[str, ...]] = ("loss",)
     higher_is_better: ClassVar[dict[str, bool]] = {"loss": False}
+    # task.json's keys and their JSON types, checked before restore(); a subclass lists the keys its
+    # state() adds (merged over the class hierarchy by check_state).
+    state_types: ClassVar[dict[str, type | tuple[type, ...]]] = {
+        "format": int, "name": str, "class": str, "options": dict, "data": dict,
+    }  # fmt: skip
 
     def __init__(self, options: BaseModel, data: dict):
         self.options = options
@@ -112,7 +144,13 @@ class Task:
 
     @classmethod
     def restore(cls, state: dict, run_dir: Path) -> Task:
-        return cls(cls.Options(**state["options"]), state["data"])
+        """The fitted task from task.json's ``state`` (checked against :attr:`state_types` by
+        ``restore_task``) and the files beside it in ``run_dir``."""
+        try:
+            options = parse_options(cls, state["options"])
+        except RecipeError as exc:
+            raise RunDirError(f"{Path(run_dir) / 'task.json'}: options: {exc}") from None
+        return cls(options, state["data"])
 
     # -- model --------------------------------------------------------------------------------------
 
@@ -188,28 +226,68 @@ def parse_options(cls: type[Task], options: Mapping[str, Any]) -> BaseModel:
         raise RecipeError(" ".join(errors)) from None
 
 
+class Inputs(NamedTuple):
+    """Records given to ``predict``, and how messages name them: ``{where}: row {rows[i]}``."""
+
+    records: list[dict]
+    where: str
+    rows: list[int]
+
+
 def parse_records(raw, where: str = "inputs", ignore: str | None = None) -> list[dict]:
     """A data file (a ``Path``, or a ``str`` ending in .csv/.jsonl/.json/.parquet), one record (a dict)
     or a list of records, as a list of dicts. Records may differ in their extra keys; the ``ignore``
     column (a file's label column, which is not an input) is dropped."""
-    return [{k: v for k, v in row.items() if k != ignore} for row in _records(raw, where)]
+    return read_inputs(raw, where, ignore).records
 
 
-def _records(raw, where: str) -> list[dict]:
-    if isinstance(raw, Path) or (isinstance(raw, str) and Path(raw).suffix.lower() in FILE_SCHEMES):
+def read_inputs(raw, where: str = "inputs", ignore: str | None = None) -> Inputs:
+    """:func:`parse_records`, with where the records came from and their row numbers (a file's own
+    row numbers, else 1, 2, ...) for messages that name a row."""
+    records, where, rows = _records(raw, where)
+    return Inputs([{k: v for k, v in row.items() if k != ignore} for row in records], where, rows)
+
+
+def is_data_file(raw) -> bool:
+    """Whether ``raw`` names a data file: a ``Path``, or a short ``str`` ending in a known suffix."""
+    if isinstance(raw, Path):
+        return True
+    return (
+        isinstance(raw, str)
+        and len(raw) < 4096
+        and "\n" not in raw
+        and (Path(raw).suffix.lower() in FILE_SCHEMES)
+    )
+
+
+def _records(raw, where: str) -> tuple[list[dict], str, list[int]]:
+    if is_data_file(raw):
         path = Path(raw)
         scheme = FILE_SCHEMES.get(path.suffix.lower())
         if scheme is None:
             allowed = ", ".join(FILE_SCHEMES)
             raise DataError(f"{where}: unknown file type '{path.suffix}'. Allowed: {allowed}.")
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError:  # a name too long, a path through a file
+            exists = False
+        if not exists:
             raise DataError(f"{where}: file not found: '{path}'.")
         (records,) = load_source(f"{scheme}:{path}").values()
-        return list(records)
+        return list(records), str(path), [records.row_number(i) for i in range(len(records))]
     if isinstance(raw, Mapping):
-        return [dict(raw)]
-    if isinstance(raw, (list, tuple)) and raw and all(isinstance(r, Mapping) for r in raw):
-        return [dict(r) for r in raw]
+        return [dict(raw)], where, [1]
+    if isinstance(raw, (list, tuple)) and raw:
+        if all(isinstance(r, Mapping) for r in raw):
+            return [dict(r) for r in raw], where, list(range(1, len(raw) + 1))
+        if any(isinstance(r, Mapping) for r in raw):
+            i = next(i for i, r in enumerate(raw) if not isinstance(r, Mapping))
+            raise DataError(
+                f"{where}: row {i + 1} is a {type(raw[i]).__name__}, but the other rows are records "
+                f"(dicts keyed by column); give every row as a record."
+            )
+    if isinstance(raw, (list, tuple)) and not raw:
+        raise DataError(f"{where}: nothing to predict (an empty {type(raw).__name__}).")
     raise DataError(
         f"{where}: expected a .csv/.jsonl/.parquet file, a record (dict) or a list of records; "
         f"got {type(raw).__name__}."
@@ -227,11 +305,16 @@ def label_column(data: dict, records: Records) -> str:
     return name
 
 
-def drop_missing_labels(data: dict, records: Records, split: str) -> tuple[Records, list[str]]:
-    """The examples whose label is present, and notes saying how many were left out (never silently)."""
+def clean_missing_labels(
+    data: dict, records: Records, split: str, policy: str = "refuse"
+) -> tuple[Records, list[str]]:
+    """The examples whose label is present. A missing label (empty, NA, ?, null, ...) is refused,
+    naming the rows (``policy="refuse"``, the default of ``task.missing_labels``), or the row is left
+    out with a note saying how many (``policy="drop"``): never silently."""
     label = label_column(data, records)
     rows = [records.row_number(i) for i in range(len(records))]
-    kept, notes = clean_labels(records.column(label), f"{records.where} ({split} split)", label, rows)
+    where = f"{records.where} ({split} split)"
+    kept, notes = clean_labels(records.column(label), where, label, rows, policy=policy)
     return (records if len(kept) == len(records) else records.select(kept)), notes
 
 

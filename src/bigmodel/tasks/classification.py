@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from bigmodel.data.values import class_name
 from bigmodel.errors import DataError
 from bigmodel.evaluation.metrics import classification_metrics
-from bigmodel.tasks.base import Metric
+from bigmodel.tasks.base import LabelOptions, Metric
 from bigmodel.tasks.tabular import TabularTask
 
 CLASSIFICATION_METRICS = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
 
 
-class ClassificationOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ClassificationOptions(LabelOptions):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
 
 
@@ -24,7 +23,9 @@ class Labels:
     """The class names seen in the training split, and the mapping of raw labels onto them.
 
     Labels ``3``, ``3.0`` and ``"3"`` name one class (CSV reads text, JSONL numbers); numeric class
-    names sort numerically, so digit 10 follows 9.
+    names sort numerically, so digit 10 follows 9. Boolean labels (``True``, ``"true"``, ``"FALSE"``)
+    name the classes ``"True"`` and ``"False"``; a column mixing them with numbers is refused, since
+    whether ``true`` and ``1`` are one class is the user's call, not ours.
     """
 
     def __init__(self, names: list[str] | None = None):
@@ -33,6 +34,14 @@ class Labels:
 
     def fit(self, values: list, where: str) -> None:
         names = {class_name(v) for v in values} - {None}  # missing labels were left out by clean()
+        booleans = names & {"True", "False"}
+        numbers = sorted(n for n in names if _is_number(n))
+        if booleans and numbers:
+            raise DataError(
+                f"data.label: the label column of {where} mixes booleans ({', '.join(sorted(booleans))}) "
+                f"with numbers ({', '.join(numbers[:5])}); whether true is the class 1 is ambiguous. Write "
+                f"the labels one way."
+            )
         try:
             ordered = sorted(names, key=float)
         except ValueError:
@@ -63,11 +72,13 @@ class ClassificationMetric(Metric):
     def update(self, logits: torch.Tensor, batch: dict) -> None:
         k = len(self.task.labels.names)
         pred, target = logits.argmax(-1), batch["y"]
+        self.count_non_finite(logits)
         self.add("confusion", torch.bincount(target * k + pred, minlength=k * k).reshape(k, k))
         self.add("loss", self.task.loss_from(logits, batch).float())
         self.add("count", torch.tensor(len(target)))
 
     def compute(self) -> dict:
+        self.check_finite()
         confusion = self.sums["confusion"].long().numpy()
         report = classification_metrics(confusion, self.task.labels.names)
         return {"loss": float(self.sums["loss"] / self.sums["count"]), **report}
@@ -138,3 +149,11 @@ def probabilities(logits: torch.Tensor, names: list[str]) -> list[dict]:
         }
         for p in probs
     ]
+
+
+def _is_number(name: str) -> bool:
+    try:
+        float(name)
+    except ValueError:
+        return False
+    return True

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bigmodel.nn.crf import CRF
+
 POOLINGS = ("auto", "pooler", "cls", "mean")
 
 
@@ -32,7 +34,29 @@ class FeatureModel(nn.Module):
         return self.head(self.drop(self.backbone(x)))  # (B, num_outputs)
 
 
-class TextModel(nn.Module):
+class EncoderHead(nn.Module):
+    """What text heads share: a text encoder backbone, dropout (default: the backbone's) and a linear
+    ``head`` initialised as the backbone's own layers (normal with its ``init_std``, zero bias)."""
+
+    def __init__(self, backbone: nn.Module, num_outputs: int, dropout: float | None = None):
+        super().__init__()
+        config = backbone.config
+        self.backbone = backbone
+        self.uses_token_types = getattr(config, "type_vocab_size", 0) > 0
+        self.drop = nn.Dropout(getattr(config, "dropout", 0.0) if dropout is None else dropout)
+        self.head = nn.Linear(backbone.feature_dim, num_outputs)
+        nn.init.normal_(self.head.weight, std=getattr(config, "init_std", 0.02))
+        nn.init.zeros_(self.head.bias)
+
+    def hidden(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """``(B, T, H)`` hidden states; token types only reach a backbone that has them (BERT)."""
+        extra = (
+            {"token_type_ids": token_type_ids} if self.uses_token_types and token_type_ids is not None else {}
+        )
+        return self.backbone.encode(input_ids, attention_mask, **extra)
+
+
+class TextModel(EncoderHead):
     """``backbone.encode(ids, mask) -> (B, T, H)`` → one vector per text → dropout → ``head``.
 
     Pooling: ``pooler`` is BERT's ``tanh(dense(h[CLS]))`` (what transformers'
@@ -51,15 +75,8 @@ class TextModel(nn.Module):
     def __init__(
         self, backbone: nn.Module, num_outputs: int, dropout: float | None = None, pooling: str = "auto"
     ):
-        super().__init__()
-        config = backbone.config
-        self.backbone = backbone
+        super().__init__(backbone, num_outputs, dropout)
         self.pooling = resolve_pooling(backbone, pooling)
-        self.uses_token_types = getattr(config, "type_vocab_size", 0) > 0
-        self.drop = nn.Dropout(getattr(config, "dropout", 0.0) if dropout is None else dropout)
-        self.head = nn.Linear(backbone.feature_dim, num_outputs)
-        nn.init.normal_(self.head.weight, std=getattr(config, "init_std", 0.02))
-        nn.init.zeros_(self.head.bias)
 
     def forward(
         self,
@@ -67,10 +84,7 @@ class TextModel(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        extra = (
-            {"token_type_ids": token_type_ids} if self.uses_token_types and token_type_ids is not None else {}
-        )
-        hidden = self.backbone.encode(input_ids, attention_mask, **extra)  # (B, T, H)
+        hidden = self.hidden(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         if self.pooling == "pooler":
             pooled = self.backbone.pool(hidden)
         elif self.pooling == "cls":
@@ -79,6 +93,31 @@ class TextModel(nn.Module):
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.head(self.drop(pooled))  # (B, num_outputs)
+
+
+class TaggerModel(EncoderHead):
+    """``backbone.encode(ids, mask) -> (B, T, H)`` → dropout → linear ``head`` → ``(B, T, K)`` tag
+    scores; ``crf`` (optional) holds the transition scores the task's loss and decoding use.
+
+    Args:
+        backbone: a text encoder family (``encode``, ``feature_dim``, ``config``).
+        num_tags: K.
+        dropout: before the head; None = the backbone's ``dropout``.
+        crf: add a :class:`~bigmodel.nn.crf.CRF`.
+    """
+
+    def __init__(self, backbone: nn.Module, num_tags: int, dropout: float | None = None, crf: bool = False):
+        super().__init__(backbone, num_tags, dropout)
+        self.crf = CRF(num_tags) if crf else None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden = self.hidden(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        return self.head(self.drop(hidden))  # (B, T, K)
 
 
 def resolve_pooling(backbone: nn.Module, pooling: str) -> str:

@@ -7,16 +7,15 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 
+from bigmodel.data.values import parse_number, short_repr
 from bigmodel.errors import DataError
 from bigmodel.evaluation.metrics import regression_metrics
-from bigmodel.tasks.base import Metric
+from bigmodel.tasks.base import LabelOptions, Metric, check_targets
 from bigmodel.tasks.tabular import TabularTask
 
 
-class RegressionOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RegressionOptions(LabelOptions):
     loss: Literal["mse", "mae"] = "mse"
 
 
@@ -31,6 +30,7 @@ class RegressionMetric(Metric):
         scale = lambda t: t.double() * self.task.std + self.task.mean  # noqa: E731  (original units)
         pred, target = scale(outputs.squeeze(-1)), scale(batch["y"])
         err = pred - target
+        self.count_non_finite(outputs)
         self.add("loss", self.task.loss_from(outputs, batch).float())
         self.add("count", torch.tensor(len(target), dtype=torch.float64))
         self.add("sq_err", (err**2).sum())
@@ -39,6 +39,7 @@ class RegressionMetric(Metric):
         self.add("target_sq", (target**2).sum())
 
     def compute(self) -> dict:
+        self.check_finite()
         s = {k: float(v) for k, v in self.sums.items()}
         return {"loss": s["loss"] / s["count"], **regression_metrics(s)}
 
@@ -57,18 +58,21 @@ class RegressionTask(TabularTask):
         super().__init__(options, data)
         self.mean, self.std = 0.0, 1.0
 
+    def fit(self, train) -> None:
+        check_targets(self.data, train, "train", self.number)  # a bad target named by its row first
+        super().fit(train)
+
     def fit_targets(self, values: list, where: str) -> None:
         numbers = np.asarray([self.number(v) for v in values], dtype=np.float64)
         self.mean, self.std = float(numbers.mean()), float(numbers.std()) or 1.0
 
     @staticmethod
     def number(value) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"data.label: regression needs numeric labels, found {value!r}.") from None
-        if not np.isfinite(number) or isinstance(value, bool):
-            raise DataError(f"data.label: regression needs finite numeric labels, found {value!r}.")
+        number = None if isinstance(value, bool | np.bool_) else parse_number(value, allow_bool=False)
+        if number is None:
+            raise DataError(f"data.label: regression needs numeric labels, found {short_repr(value)}.")
+        if not np.isfinite(number):
+            raise DataError(f"data.label: regression needs finite numeric labels, found {short_repr(value)}.")
         return number
 
     def encode_target(self, value) -> float:

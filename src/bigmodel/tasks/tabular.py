@@ -13,9 +13,10 @@ from torch import nn
 
 from bigmodel.data.records import Records
 from bigmodel.data.tabular import TabularEncoder
+from bigmodel.data.values import parse_number, short_repr
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Task, check_targets, drop_missing_labels, label_column, parse_records
+from bigmodel.tasks.base import Task, check_targets, clean_missing_labels, label_column, read_inputs
 from bigmodel.tasks.heads import FeatureModel
 
 # Config fields the task sets from the data; a recipe may not.
@@ -55,8 +56,9 @@ class TabularTask(Task):
                 raise RecipeError(f"model.{key}: set by the task from the data; remove it from the recipe.")
 
     def clean(self, records: Records, split: str) -> Records:
-        """Leave out examples whose label is missing, and say how many."""
-        records, notes = drop_missing_labels(self.data, records, split)
+        """Refuse examples whose label is missing, naming the rows, or (``task.missing_labels: drop``)
+        leave them out and say how many."""
+        records, notes = clean_missing_labels(self.data, records, split, self.options.missing_labels)
         self._notes += notes
         return records
 
@@ -137,20 +139,37 @@ class TabularTask(Task):
     # -- prediction ---------------------------------------------------------------------------------
 
     def parse(self, raw) -> list[dict]:
-        """A file, records (dicts keyed by column), or an array of rows shaped like the features."""
+        """A file, records (dicts keyed by column), or an array of rows shaped like the features.
+
+        Every row is checked as a prediction input (:meth:`TabularEncoder.encode_many` with
+        ``predict=True``): booleans where numbers were trained, NaN, inf, None, lists or dicts in a
+        cell, a missing value in a column that had none in training, are refused naming the row and
+        the column, so nothing but finite numbers reaches the model.
+        """
+        label = self.data.get("label") or "label"
+        if isinstance(raw, (list, tuple)) and not raw:
+            raise DataError(f"inputs: nothing to predict (an empty {type(raw).__name__}).")
         if isinstance(raw, (str, Path, Mapping)) or (
-            isinstance(raw, (list, tuple)) and raw and isinstance(raw[0], Mapping)
+            isinstance(raw, (list, tuple)) and raw and any(isinstance(r, Mapping) for r in raw)
         ):
-            return parse_records(raw, ignore=self.data.get("label") or "label")
-        array = raw.numpy() if isinstance(raw, torch.Tensor) else raw
-        try:
-            array = np.asarray(array, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise DataError(
-                "inputs: expected a file, records (dicts keyed by column) or an array of numbers; "
-                f"got {type(raw).__name__} that is not numeric."
-            ) from None
-        return self._rows_from_array(array)
+            records, where, rows = read_inputs(raw, ignore=label)
+        else:
+            records, where, rows = self._rows_from_array(_numeric_array(raw)), "inputs", None
+            rows = list(range(1, len(records) + 1))
+        if not records:
+            raise DataError(f"{where}: nothing to predict.")
+        columns = {}
+        for name in self.features.columns:
+            absent = next((i for i, r in enumerate(records) if name not in r), None)
+            if absent is not None:
+                present = ", ".join(map(str, records[absent])) or "nothing"
+                raise DataError(
+                    f"{where}: row {rows[absent]} lacks column '{name}', a feature the model was trained "
+                    f"with. Present: {present}."
+                )
+            columns[name] = [r[name] for r in records]
+        self.features.encode_many(columns, where=where, row_numbers=rows, predict=True)
+        return records
 
     def _rows_from_array(self, array: np.ndarray) -> list[dict]:
         """Rows of an array as records: one array column takes each row whole (an image); numeric
@@ -177,3 +196,51 @@ class TabularTask(Task):
                 "give records (dicts keyed by column) or a file."
             )
         return [dict(zip(columns, row.reshape(-1).tolist(), strict=True)) for row in array]
+
+
+def _numeric_array(raw) -> np.ndarray:
+    """An array (or nested lists, a tensor) of plain numbers as float64; booleans, strings, None and
+    other objects are refused naming the first such value's row and position."""
+    if isinstance(raw, torch.Tensor):
+        raw = raw.detach().cpu()
+        if raw.dtype == torch.bool or raw.is_complex():
+            raise DataError(f"inputs: a tensor of {raw.dtype}; expected real numbers (a float tensor).")
+        return raw.double().numpy()
+    if isinstance(raw, int | float | np.number) and not isinstance(raw, bool):
+        raw = np.asarray(raw)  # a scalar: refused below for its shape
+    if isinstance(raw, np.ndarray) and raw.dtype.kind in "iuf":
+        return raw.astype(np.float64)
+    if not isinstance(raw, (np.ndarray, list, tuple)):
+        raise DataError(
+            "inputs: expected a file, records (dicts keyed by column) or an array of numbers; "
+            f"got {type(raw).__name__}."
+        )
+    try:
+        array = np.asarray(raw, dtype=object)
+    except ValueError:  # ragged nesting NumPy cannot even hold as objects
+        array = None
+    if array is None or (array.ndim and array.dtype == object and any(_is_nested(v) for v in array.flat)):
+        raise DataError(
+            "inputs: rows of different lengths (or nested more deeply in some rows); give an array of "
+            "rows, each with the same number of values."
+        )
+    for k, value in enumerate(array.flat):
+        if type(value) is float or (type(value) is int):  # the common case, quickly
+            continue
+        if isinstance(value, bool | np.bool_) or not isinstance(
+            value, int | float | np.integer | np.floating
+        ):
+            index = np.unravel_index(k, array.shape)
+            where = f"row {index[0] + 1}, value {index[1] + 1}" if len(index) == 2 else f"position {index}"
+            raise DataError(
+                f"inputs: {where} is {short_repr(value)} ({type(value).__name__}); an array of rows holds "
+                f"plain numbers only. Give records (dicts keyed by column) for other values."
+            )
+    try:
+        return array.astype(np.float64)
+    except OverflowError:  # an int beyond float range: ±inf, refused by the encoder's check
+        return np.vectorize(lambda v: parse_number(v, allow_bool=False), otypes=[np.float64])(array)
+
+
+def _is_nested(value) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))

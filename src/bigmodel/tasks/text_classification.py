@@ -8,37 +8,35 @@ a pooled vector per text, dropout, a linear layer. Batches are padded to their o
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from bigmodel.data.records import Records
-from bigmodel.data.tokenizer_training import TOKENIZER_KINDS, train_tokenizer
-from bigmodel.data.tokenizers import TokenizerError, load_tokenizer, pad_batch
+from bigmodel.data.tokenizers import load_tokenizer, pad_batch
+from bigmodel.data.values import short_repr
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.hub.pretrained import PretrainedError, from_pretrained, resolve_folder
-from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Task, check_targets, drop_missing_labels, label_column, parse_records
+from bigmodel.tasks.base import (
+    LabelOptions,
+    Task,
+    check_targets,
+    clean_missing_labels,
+    is_data_file,
+    label_column,
+    read_inputs,
+)
 from bigmodel.tasks.classification import SingleLabel
 from bigmodel.tasks.heads import POOLINGS, TextModel
+from bigmodel.tasks.text import TokenizerOptions, build_text_encoder, check_text_encoder, fit_tokenizer
 
 
-class TokenizerOptions(BaseModel):
-    """The tokenizer trained on the train split when there is no pretrained checkpoint."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal[TOKENIZER_KINDS] = "wordpiece"  # type: ignore[valid-type]
-    vocab_size: int = Field(8000, ge=16)
-    lowercase: bool = True
-    min_frequency: int = Field(2, ge=1)
-
-
-class TextClassificationOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TextClassificationOptions(LabelOptions):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     pooling: Literal[POOLINGS] = "auto"  # type: ignore[valid-type]
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="before the head; default: the model's")
@@ -59,28 +57,14 @@ class TextClassificationTask(SingleLabel, Task):
     # -- recipe and fitting -------------------------------------------------------------------------
 
     def check(self, recipe, family) -> None:
-        data, model = recipe.data, recipe.model
+        data = recipe.data
         if data.text is None:
             raise RecipeError("data.text: task text_classification needs the name of the text column.")
         if data.features:
             raise RecipeError(
                 "data.features: task text_classification reads only data.text (and data.text_pair)."
             )
-        if not hasattr(family.model_cls, "encode") or "vocab_size" not in family.config_fields():
-            raise RecipeError(
-                f"model.arch: task text_classification needs a text encoder (bert, transformer, rnn, ...); "
-                f"'{family.name}' does not read token ids."
-            )
-        if model.pretrained is not None and "hf" not in family.formats:
-            raise RecipeError(
-                f"model.pretrained: model '{family.name}' has no Hugging Face checkpoint format, "
-                f"so it cannot start from {model.pretrained!r}."
-            )
-        for key in ("vocab_size", "num_outputs"):
-            if model.pretrained is None and key in model.options():
-                raise RecipeError(
-                    f"model.{key}: set by the task (from its tokenizer and classes); remove it."
-                )
+        check_text_encoder(recipe, family, self.name, "its tokenizer and classes")
 
     def clean(self, records: Records, split: str) -> Records:
         """Refuse a missing text cell now, naming its row, rather than mid-training."""
@@ -95,7 +79,7 @@ class TextClassificationTask(SingleLabel, Task):
                         f"{records.where}, row {records.row_number(i)}, column '{name}': expected text, "
                         f"got {value!r}. Fill or remove that row."
                     )
-        records, notes = drop_missing_labels(self.data, records, split)
+        records, notes = clean_missing_labels(self.data, records, split, self.options.missing_labels)
         self._notes += notes
         return records
 
@@ -107,23 +91,10 @@ class TextClassificationTask(SingleLabel, Task):
 
     def fit(self, train: Records) -> None:
         self.labels.fit(train.column(label_column(self.data, train)), train.where)
-        pretrained = self.data.get("pretrained")
-        if pretrained is not None:
-            try:
-                self.tokenizer = load_tokenizer(_folder(pretrained))
-            except TokenizerError as exc:
-                raise RecipeError(
-                    f"model.pretrained: {exc} "
-                    "A text model needs the tokenizer it was trained with, in its folder."
-                ) from None
-            return
-        texts = [_text(v) for v in train.column(self.data["text"])]
+        texts = (_text(v) for v in train.column(self.data["text"]))
         if self.data.get("text_pair"):
-            texts += [_text(v) for v in train.column(self.data["text_pair"])]
-        opts = self.options.tokenizer
-        self.tokenizer = train_tokenizer(
-            texts, opts.kind, opts.vocab_size, opts.lowercase, opts.min_frequency
-        )
+            texts = itertools.chain(texts, (_text(v) for v in train.column(self.data["text_pair"])))
+        self.tokenizer = fit_tokenizer(self.data.get("pretrained"), texts, self.options.tokenizer)
 
     def save(self, run_dir: Path) -> None:
         self.tokenizer.save(run_dir)
@@ -144,30 +115,7 @@ class TextClassificationTask(SingleLabel, Task):
 
     def build_model(self, family, options: dict, pretrained: str | None) -> nn.Module:
         max_length = self.data.get("max_length", 128)
-        if pretrained is not None:
-            backbone = from_pretrained(_folder(pretrained), **options)
-            if type(backbone) is not family.model_cls:
-                raise RecipeError(
-                    f"model.arch: '{family.name}', but model.pretrained {pretrained!r} holds a "
-                    f"{type(backbone).__name__} checkpoint."
-                )
-        else:
-            fields = family.config_fields()
-            wanted = {"vocab_size": self.tokenizer.vocab_size, "num_outputs": 0, "input_size": 0,
-                      "pad_token_id": self.tokenizer.pad_id, "max_positions": max_length,
-                      "num_decoder_layers": 0, "add_pooler": False}  # fmt: skip
-            wanted = {k: v for k, v in wanted.items() if k in fields}
-            backbone = family.model_cls(build_config(family, {**wanted, **options}))
-        config = backbone.config
-        if max_length > getattr(config, "max_positions", max_length):
-            raise RecipeError(
-                f"data.max_length: {max_length} exceeds the model's {config.max_positions} positions."
-            )
-        if self.tokenizer.vocab_size > config.vocab_size:
-            raise RecipeError(
-                f"model.pretrained: the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
-                f"{config.vocab_size} embeddings; the folder's tokenizer does not belong to its weights."
-            )
+        backbone = build_text_encoder(family, options, pretrained, self.tokenizer, max_length)
         return TextModel(backbone, len(self.labels.names), self.options.dropout, self.options.pooling)
 
     # -- examples -----------------------------------------------------------------------------------
@@ -203,23 +151,64 @@ class TextClassificationTask(SingleLabel, Task):
     # -- prediction ---------------------------------------------------------------------------------
 
     def parse(self, raw) -> list[dict]:
-        """One string, a list of strings (or of (text, pair) tuples), records with the text key, or a file."""
+        """One string, a list of strings (or of (text, pair) tuples), records with the text key, or a file.
+
+        Every text must be a non-empty string: None, NaN, numbers, lists, dicts and blank strings are
+        refused naming the row (and the field of a pair), never classified as ``""`` or as a repr.
+        """
         text, pair = self.data["text"], self.data.get("text_pair")
-        if isinstance(raw, str) and not Path(raw).is_file():
+        if isinstance(raw, str) and not (is_data_file(raw) and _is_file(raw)):
             raw = [raw]
-        if isinstance(raw, (list, tuple)) and raw and all(isinstance(r, (str, tuple, list)) for r in raw):
+        if isinstance(raw, (list, tuple)) and not any(isinstance(r, Mapping) for r in raw):
+            if not raw:
+                raise DataError("inputs: nothing to predict (an empty list).")
             rows = []
-            for r in raw:
-                if pair and (not isinstance(r, (tuple, list)) or len(r) != 2):
-                    raise DataError(f"inputs: this model classifies text pairs; give (text, {pair}) pairs.")
-                rows.append({text: r[0], pair: r[1]} if pair else {text: r})
-            return rows
-        rows = parse_records(raw, ignore=self.data.get("label") or "label")
-        for i, row in enumerate(rows):
+            for i, r in enumerate(raw, start=1):
+                if pair:
+                    if not isinstance(r, (tuple, list)) or len(r) != 2:
+                        raise DataError(
+                            f"inputs: row {i} is {short_repr(r)}; this model classifies text pairs, so give "
+                            f"each row as a ({text}, {pair}) pair of strings."
+                        )
+                    rows.append({text: r[0], pair: r[1]})
+                else:
+                    rows.append({text: r})
+            where, numbers = "inputs", range(1, len(rows) + 1)
+        elif isinstance(raw, (str, Path, Mapping, list, tuple)):
+            rows, where, numbers = read_inputs(raw, ignore=self.data.get("label") or "label")
+        else:
+            raise DataError(
+                f"inputs: expected a text, a list of texts{' pairs' if pair else ''}, records (dicts with "
+                f"the key '{text}') or a .csv/.jsonl/.parquet file; got {type(raw).__name__}."
+            )
+        for row, n in zip(rows, numbers, strict=True):
             for column in (text, pair):
-                if column is not None and column not in row:
-                    raise DataError(f"inputs: record {i + 1} lacks the text key '{column}'.")
+                if column is not None:
+                    _check_text(row.get(column, _ABSENT), f"{where}: row {n}", column)
         return rows
+
+
+_ABSENT = object()
+
+
+def _check_text(value, where: str, column: str) -> None:
+    """Refuse anything but a non-blank string as a text to classify."""
+    if value is _ABSENT:
+        raise DataError(f"{where} lacks the text field '{column}'.")
+    if not isinstance(value, str):
+        raise DataError(
+            f"{where}, field '{column}': expected text, got {short_repr(value)} ({type(value).__name__}). "
+            f"Give a string."
+        )
+    if not value.strip():
+        raise DataError(f"{where}, field '{column}': the text is empty; there is nothing to classify.")
+
+
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
 
 
 def _text(value, column: str = "text") -> str:
@@ -229,10 +218,3 @@ def _text(value, column: str = "text") -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
         return str(value)
     raise DataError(f"column '{column}': expected text, got {value!r}. Fill or remove that row.")
-
-
-def _folder(pretrained: str) -> Path:
-    try:
-        return resolve_folder(pretrained)
-    except PretrainedError as exc:
-        raise PretrainedError(f"model.pretrained: {exc}") from None

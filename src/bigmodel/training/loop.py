@@ -5,7 +5,8 @@ summed losses are divided by the window's item count (samples or tokens), so bat
 16 × 4 even for token losses of unequal lengths → clip → step → LR schedule. Then, when due: a
 metrics line, a streaming validation pass (and early stopping), a checkpoint. Everything the next
 step depends on is in the checkpoint — weights, optimizer, schedule, samples consumed, RNG (CPU and
-CUDA), early-stopping state — so a killed run resumes bit for bit.
+CUDA), early-stopping state — so a killed run resumes bit for bit. The run is locked while it
+trains (one process per run), and what killed writers left behind is cleaned up when it starts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from bigmodel.data.loader import EpochSampler, TaskDataset, to_device, train_batches
 from bigmodel.data.records import Records
-from bigmodel.errors import UserError
+from bigmodel.errors import RunDirError, UserError
 from bigmodel.evaluation.metrics import scalar_metrics
 from bigmodel.training import checkpoint as ckpt
 from bigmodel.training.log import RunLogger, trim_metrics
@@ -59,10 +60,20 @@ def fit(
         task: encodes and collates the examples and computes the (summed) loss and the metrics.
         validation: records for evaluation and early stopping, or None.
         run_dir: where checkpoints and metrics.jsonl go.
-        resume: continue from ``run_dir/train_state`` exactly where it stopped.
+        resume: continue from ``run_dir/train_state`` exactly where it stopped. A run that stopped
+            before its first checkpoint starts again from step 0: the caller must then have built
+            ``model`` exactly as the fresh run did (same seed, same pretrained weights).
+
+    Raises:
+        RunDirError: another process is training this run, or its checkpoints are all damaged.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with ckpt.run_lock(run_dir):
+        return _fit(model, task, train, validation, cfg, run_dir, seed, resume, show_progress)
+
+
+def _fit(model, task, train, validation, cfg, run_dir: Path, seed, resume, show_progress) -> FitResult:
     device = resolve_device(cfg.device)
     model.to(device)
     batch_size = len(train) if cfg.batch_size == "all" else min(cfg.batch_size, len(train))
@@ -81,17 +92,24 @@ def fit(
     val_lengths = example_lengths(task, validation) if validation is not None else None  # once, not per eval
 
     step, elapsed, samples_seen, stopped_early = 0, 0.0, 0, False
-    if resume:
+    found = ckpt.load_train_state(run_dir, _checker(model)) if resume else None
+    if found is not None:
         step, elapsed, samples_seen, stopped_early = _restore(
-            run_dir, model, optimizer, scheduler, sampler, stopping
+            found, model, optimizer, scheduler, sampler, stopping
         )
-        trim_metrics(run_dir / "metrics.jsonl", step)
     else:
         torch.manual_seed(seed)  # dropout masks; the weights were initialised before fit
+    if resume:
+        trim_metrics(run_dir / "metrics.jsonl", step)
+    ckpt.clean_temporaries(run_dir)  # torn files of a killed predecessor
 
     logger = RunLogger(run_dir / "metrics.jsonl", total_steps, show=show_progress)
-    if resume:
-        logger.message(f"resumed at step {step}/{total_steps} (epoch {sampler.epoch})")
+    for note in found.skipped if found is not None else []:
+        logger.message(f"passed over {note}")
+    if found is not None:
+        logger.message(f"resumed at step {step}/{total_steps} (epoch {sampler.epoch}) from {found.path.name}")
+    elif resume:
+        logger.message("the run stopped before its first checkpoint: training again from step 0")
     batches = train_batches(
         TaskDataset(train, task.encode, seed, train=True), sampler, task.collate, cfg.num_workers
     )
@@ -245,17 +263,45 @@ def _save(
     ckpt.save_train_state(run_dir, step, tensors, meta)
 
 
-def _restore(run_dir, model, optimizer, scheduler, sampler, stopping) -> tuple[int, float, int, bool]:
-    found = ckpt.load_train_state(run_dir)
-    if found is None:
-        raise UserError(
-            f"--resume {run_dir}: no checkpoint in {run_dir / ckpt.STATE_DIR}; start a new run instead."
-        )
-    tensors, meta = found
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
-    scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
-    sampler.load_state_dict(meta["sampler"])
+_META_KEYS = (
+    "optimizer",
+    "scheduler",
+    "sampler",
+    "early_stopping",
+    "elapsed_s",
+    "samples_seen",
+    "stopped_early",
+)
+
+
+def _checker(model: nn.Module):
+    """What a step file must hold to resume this model: every key _save writes, this model's tensors."""
+    expected = {f"model.{k}": (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+    def check(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        missing = [key for key in _META_KEYS if key not in meta]
+        missing += [] if "rng.torch" in tensors else ["rng.torch"]
+        if missing:
+            raise ValueError(f"not a complete training state: it lacks {', '.join(missing)}")
+        found = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items() if k.startswith("model.")}
+        if found != expected:
+            wrong = sorted(k for k in found.keys() | expected.keys() if found.get(k) != expected.get(k))
+            raise ValueError(f"its weights do not fit this run's model ({', '.join(wrong[:3])})")
+
+    return check
+
+
+def _restore(
+    found: ckpt.TrainState, model, optimizer, scheduler, sampler, stopping
+) -> tuple[int, float, int, bool]:
+    tensors, meta = found.tensors, found.meta
+    try:
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, meta["optimizer"]))
+        scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
+        sampler.load_state_dict(meta["sampler"])
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+        raise RunDirError(f"{found.path}: this checkpoint does not fit the run's recipe ({exc}).") from None
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(tensors, key=_cuda_index) if k.startswith("rng.cuda.")]
     if cuda_states and torch.cuda.is_available():
