@@ -153,3 +153,16 @@ def test_fit_names_a_module_whose_outputs_do_not_fit_the_labels(tmp_path):
     ):
         bigmodel.fit(wrong, digits.data, digits.target, output=tmp_path, progress=False)
     assert not (tmp_path / "fit").exists()
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "named"),
+    [
+        (np.array([["a"] * 4] * 30), np.arange(30) % 3, "x: expected numbers"),
+        ([[1.0, 2.0], [3.0]], [0, 1], "x: expected numbers"),
+        (np.ones((2, 4)), [[0], [1, 2]], "y: expected one label per example"),
+    ],
+)
+def test_fit_refuses_arrays_it_cannot_read(tmp_path, x, y, named):
+    with pytest.raises(DataError, match=named):
+        bigmodel.fit(torch.nn.Linear(4, 3), x, y, output=tmp_path, progress=False)

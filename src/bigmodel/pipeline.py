@@ -238,8 +238,7 @@ def fit(
     """
     if not isinstance(module, nn.Module):
         raise UserError(f"module: expected a torch.nn.Module, got {type(module).__name__}.")
-    x = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
-    y = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y)
+    x, y = _array("x", x, np.float32), _array("y", y, None)
     if x.ndim < 2 or len(x) != len(y) or y.ndim != 1:
         raise DataError(
             f"x, y: expected x of shape (N, ...) and y of shape (N,); got {x.shape} and {y.shape}."
@@ -271,6 +270,20 @@ def fit(
     splits, fingerprint = open_splits(recipe.data, recipe.seed, task_.strata, given={"data": records})
     splits = {n: task_.clean(r, n) for n, r in splits.items()}
     return _train(recipe, task_, splits, fingerprint, Path(output), None, progress, module=module)
+
+
+def _array(name: str, value, dtype) -> np.ndarray:
+    """A user's array (or tensor, or nested lists) as NumPy; numbers only for ``x``."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        wanted = "numbers in a rectangular array (N, ...)" if dtype is not None else "one label per example"
+        raise DataError(f"{name}: expected {wanted}; {exc}.") from None
+    if array.dtype == object:
+        raise DataError(f"{name}: expected one label per example (N,); got nested or mixed values.")
+    return array
 
 
 def _check_module(module: nn.Module, task, records: Records) -> None:
