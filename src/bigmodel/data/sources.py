@@ -37,6 +37,7 @@ from bigmodel.data.builtin import read_builtin
 from bigmodel.data.conll import read_conll_columns
 from bigmodel.data.records import ColumnRecords, HFRecords, Records, records_from_rows
 from bigmodel.data.splits import split_indices
+from bigmodel.data.squad import read_squad_columns
 from bigmodel.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -70,7 +71,8 @@ def load_source(source: str, subset: str | None = None) -> dict[str, Records]:
         raise DataError(
             f"data.source: cannot read '{path}' (from {source!r}): {getattr(exc, 'strerror', None) or exc}."
         ) from None
-    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet, "conll": read_conll_columns}
+    readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet, "conll": read_conll_columns,
+               "squad": read_squad_columns}  # fmt: skip
     columns = readers[scheme](path, data)
     if not columns or not len(next(iter(columns.values()))):
         raise DataError(f"{path}: no records found.")

@@ -19,12 +19,16 @@ SOURCE_SCHEMES = (
     "jsonl",
     "parquet",
     "conll",
+    "squad",
     "hf",
     "hf-disk",
     "memory",
 )  # memory: bigmodel.fit
 DEVICES = ("auto", "cpu", "cuda", "mps")
-BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes", "wnut16-ner")
+BUILTIN_DATASETS = (
+    "digits", "iris", "wine", "breast_cancer", "diabetes", "wnut16-ner", "wnut16-qa", "tweet-sentiment",
+    "shakespeare-lines", "shakespeare", "ptb",
+)  # fmt: skip
 
 
 class Strict(BaseModel):
@@ -129,13 +133,34 @@ class TaskConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class LoRAConfig(Strict):
+    """Low-rank adapters (Hu et al. 2021) on the linear layers whose module path ends with a target."""
+
+    r: int = Field(8, ge=1, description="rank of each adapter")
+    alpha: float | None = Field(None, gt=0.0, description="the update is scaled by alpha / r; default r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input")
+    targets: list[str] = Field(
+        ["q", "v"], min_length=1, description="internal module names: q, k, v, o, fc1, fc2, gate, head, ..."
+    )
+
+
+class AdapterConfig(Strict):
+    """Train adapters on a frozen base (the task's head trains too); ``merge`` folds them into the saved
+    weights (model.safetensors); the PEFT files (adapter_model.safetensors) are written either way."""
+
+    lora: LoRAConfig
+    merge: bool = False
+
+
 class ModelConfig(BaseModel):
     """``arch`` names the family; ``pretrained`` optionally names a Hugging Face folder or Hub repo id
-    to start from; every other key is that family's config field (overriding the checkpoint's)."""
+    to start from; ``adapter`` trains LoRA adapters on it; every other key is that family's config field
+    (overriding the checkpoint's)."""
 
     model_config = ConfigDict(extra="allow")
     arch: str
     pretrained: str | None = None
+    adapter: AdapterConfig | None = None
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -10,16 +10,22 @@ from pathlib import Path
 
 from bigmodel.errors import RecipeError, RunDirError, UserError, unknown_name
 from bigmodel.tasks.base import TASK_FORMAT, Metric, Task, load_object
+from bigmodel.tasks.causal_lm import CausalLMTask
 from bigmodel.tasks.classification import ClassificationTask
+from bigmodel.tasks.masked_lm import MaskedLMTask
+from bigmodel.tasks.question_answering import QuestionAnsweringTask
 from bigmodel.tasks.regression import RegressionTask
 from bigmodel.tasks.text_classification import TextClassificationTask
 from bigmodel.tasks.token_classification import TokenClassificationTask
 
 TASKS: dict[str, type[Task]] = {
+    "causal_lm": CausalLMTask,
     "classification": ClassificationTask,
     "regression": RegressionTask,
     "text_classification": TextClassificationTask,
     "token_classification": TokenClassificationTask,
+    "masked_lm": MaskedLMTask,
+    "question_answering": QuestionAnsweringTask,
 }
 
 

@@ -120,6 +120,29 @@ class TaggerModel(EncoderHead):
         return self.head(self.drop(hidden))  # (B, T, K)
 
 
+class SpanModel(EncoderHead):
+    """``backbone.encode(ids, mask) -> (B, T, H)`` → dropout → linear ``head`` to 2 → ``(B, T, 2)``:
+    per position, the score of the answer starting (``[..., 0]``) and ending (``[..., 1]``) there, as
+    BERT's SQuAD head (Devlin et al. 2019 §4.2).
+
+    Args:
+        backbone: a text encoder family (``encode``, ``feature_dim``, ``config``).
+        dropout: before the head; None = the backbone's ``dropout``.
+    """
+
+    def __init__(self, backbone: nn.Module, dropout: float | None = None):
+        super().__init__(backbone, 2, dropout)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden = self.hidden(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        return self.head(self.drop(hidden))  # (B, T, 2): start and end scores
+
+
 def resolve_pooling(backbone: nn.Module, pooling: str) -> str:
     has_pooler = getattr(backbone, "pooler", None) is not None
     if pooling == "pooler" and not has_pooler:
