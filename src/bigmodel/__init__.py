@@ -17,6 +17,7 @@ _LAZY = {
     "load_recipe": "bigmodel.pipeline",
     "load": "bigmodel.pipeline",
     "fit": "bigmodel.pipeline",
+    "export_pretrained": "bigmodel.pipeline",
     "open_run": "bigmodel.rundir",
     "Run": "bigmodel.rundir",
     "Task": "bigmodel.tasks",

@@ -100,6 +100,18 @@ def predict(
         console.print(f"{lines.count(chr(10))} predictions written to {output}")
 
 
+@app.command("export-hf")
+def export_hf(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN/hf.")] = None,  # noqa: UP045
+):
+    """Write a run's model as a Hugging Face folder (config, weights, tokenizer) to start another recipe
+    from (model.pretrained: FOLDER) or to load with transformers."""
+    from bigmodel.pipeline import export_pretrained
+
+    print(export_pretrained(run, output))
+
+
 @app.command()
 def recipes():
     """List the shipped recipes."""

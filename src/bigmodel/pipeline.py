@@ -27,6 +27,7 @@ from bigmodel.evaluation.metrics import scalar_metrics
 from bigmodel.hub.files import save_weights, write_json, write_text
 from bigmodel.hub.manifest import update_manifest, write_manifest
 from bigmodel.hub.peft import AdapterError, save_peft_adapter
+from bigmodel.hub.pretrained import save_pretrained
 from bigmodel.models.registry import get_family
 from bigmodel.recipe import Recipe
 from bigmodel.rundir import MODEL_FORMAT, Run, check_run_dir, open_run
@@ -394,6 +395,35 @@ def evaluate(run: Run | str | Path, split: str = "test", model: nn.Module | None
     write_json(path, {**report, split: metrics})
     update_manifest(run_dir, ["eval.json"])
     return metrics
+
+
+def export_pretrained(run: Run | str | Path, folder: str | Path | None = None) -> Path:
+    """Write a run's model as a Hugging Face folder — ``config.json``, ``model.safetensors`` in the
+    family's published layout, and the run's tokenizer — so another recipe starts from it
+    (``model.pretrained: FOLDER``) and transformers reads it. A task's head is left out: the backbone
+    is what another task builds on (a masked_lm run keeps BERT's own MLM head, which is the family's).
+
+    Args:
+        run: a finished run directory (or a :class:`Run`).
+        folder: where to write; default ``RUN/hf`` (a sub-folder: the run's manifest is untouched).
+
+    Returns:
+        The folder.
+    """
+    model, task, info = open_run(run)
+    backbone = getattr(model, "backbone", model)
+    folder = Path(info["run_dir"]) / "hf" if folder is None else Path(folder)
+    try:
+        save_pretrained(backbone, folder)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RunDirError(
+            f"{info['run_dir']}: its model ({type(backbone).__name__}) has no Hugging Face layout to "
+            f"export to ({exc})."
+        ) from None
+    tokenizer = getattr(task, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.save(folder)
+    return folder
 
 
 def load(run: Run | str | Path, model: nn.Module | None = None) -> Predictor:

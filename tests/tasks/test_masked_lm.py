@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 import bigmodel
 from bigmodel.data.records import ColumnRecords
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.tasks.masked_lm import MaskedLMOptions, MaskedLMTask, export_pretrained
+from bigmodel.pipeline import export_pretrained
+from bigmodel.tasks.masked_lm import MaskedLMOptions, MaskedLMTask
 from helpers import text_rows
 
 TINY = {"arch": "bert", "embed_dim": 24, "num_layers": 1, "num_heads": 2, "ffn_dim": 37, "dropout": 0.0,

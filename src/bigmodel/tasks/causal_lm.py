@@ -58,11 +58,10 @@ from bigmodel.data.records import Records
 from bigmodel.data.tokenizer_training import train_tokenizer
 from bigmodel.data.tokenizers import TextTokenizer, TokenizerError, load_tokenizer, pad_batch
 from bigmodel.errors import DataError, RecipeError, UserError
-from bigmodel.hub.pretrained import from_pretrained
 from bigmodel.models.generate import process_logits
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Metric, Task, is_data_file, parse_records
-from bigmodel.tasks.text import pretrained_folder
+from bigmodel.tasks.base import Metric, is_data_file, parse_records
+from bigmodel.tasks.text import TextTask, load_pretrained, pretrained_folder
 
 TOKENIZERS = ("char", "word", "bpe", "gpt2")
 UNK, EOS = "<unk>", "<eos>"  # the char and word tokenizers' special tokens (the Penn Treebank's names)
@@ -164,7 +163,7 @@ def _text(value, column: str) -> str:
 # --- the task ---------------------------------------------------------------------------------------
 
 
-class CausalLMTask(Task):
+class CausalLMTask(TextTask):
     """Next-token prediction on a corpus or on prompt–response pairs; sampling for prediction."""
 
     name = "causal_lm"
@@ -192,12 +191,6 @@ class CausalLMTask(Task):
         return self.options.prompt in records.columns and self.options.response in records.columns
 
     # -- recipe and fitting -------------------------------------------------------------------------
-
-    @classmethod
-    def from_recipe(cls, recipe) -> CausalLMTask:
-        task = super().from_recipe(recipe)
-        task.data["pretrained"] = recipe.model.pretrained  # where fit finds the checkpoint's tokenizer
-        return task
 
     def check(self, recipe, family) -> None:
         cls, model = family.model_cls, recipe.model
@@ -302,9 +295,8 @@ class CausalLMTask(Task):
         self._hash = hashlib.sha256(tokenizer.tokenizer.to_str().encode()).hexdigest()
 
     def _ensure_fitted(self) -> None:
-        """A task that opened the splits but was not fitted (a resumed run cleans its splits before the
-        run's own task is restored) fits itself the same way from the train documents: fitting is
-        deterministic, and :meth:`encode` checks the tokenizers agree."""
+        """Windows read before :meth:`fit` (their count needs the token file) fit the task from the
+        train documents first: fitting is deterministic, and :meth:`encode` checks the tokenizers agree."""
         if self.tokenizer is None:
             if self._train_documents is None:
                 raise RuntimeError("causal_lm: the task must be fitted before its windows are read")
@@ -381,13 +373,10 @@ class CausalLMTask(Task):
     def state(self) -> dict:
         return {**super().state(), "end_of_text": self.eos}
 
-    def save(self, run_dir: Path) -> None:
-        self.tokenizer.save(run_dir)
-
     @classmethod
     def restore(cls, state: dict, run_dir: Path) -> CausalLMTask:
         task = super().restore(state, run_dir)
-        task._use(load_tokenizer(run_dir))
+        task._use(task.tokenizer)  # loaded by TextTask.restore; _use sets end-of-text and the hash
         if task.eos != state["end_of_text"]:
             raise DataError(f"{run_dir / 'task.json'}: its end-of-text id does not match tokenizer.json.")
         return task
@@ -396,12 +385,7 @@ class CausalLMTask(Task):
 
     def build_model(self, family, options: dict, pretrained: str | None) -> nn.Module:
         if pretrained is not None:
-            model = from_pretrained(pretrained_folder(pretrained), **options)
-            if type(model) is not family.model_cls:
-                raise RecipeError(
-                    f"model.arch: '{family.name}', but model.pretrained {pretrained!r} holds a "
-                    f"{type(model).__name__} checkpoint."
-                )
+            model = load_pretrained(family, options, pretrained)
         else:
             wanted = {"vocab_size": self.tokenizer.vocab_size, "max_positions": self.block_size,
                       "bos_token_id": self.eos, "eos_token_id": self.eos}  # fmt: skip

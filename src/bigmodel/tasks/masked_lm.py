@@ -16,8 +16,9 @@ encoder gets a fresh head). Logits are computed only at the chosen positions. Th
 cross-entropy SUMMED over them (``num_items`` = chosen tokens); the metrics are masked-token
 accuracy, loss and perplexity. Prediction fills each ``[MASK]`` of a text with its top-k tokens.
 
-To fine-tune the result with another task, :func:`export_pretrained` writes the run as a Hugging
-Face folder with its tokenizer (``RUN/hf``), which ``model.pretrained: RUN/hf`` then loads.
+To fine-tune the result with another task, ``bigmodel export-hf RUN`` (:func:`bigmodel.export_pretrained`)
+writes the run as a Hugging Face folder with its tokenizer (``RUN/hf``), which ``model.pretrained:
+RUN/hf`` then loads.
 """
 
 from __future__ import annotations
@@ -36,11 +37,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from bigmodel.data.records import Records
-from bigmodel.data.tokenizers import load_tokenizer, pad_batch
+from bigmodel.data.tokenizers import pad_batch
 from bigmodel.data.values import short_repr
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.tasks.base import Metric, Task, is_data_file, read_inputs
-from bigmodel.tasks.text import TokenizerOptions, build_text_encoder, check_text_encoder, fit_tokenizer
+from bigmodel.tasks.base import Metric, is_data_file, read_inputs
+from bigmodel.tasks.text import (
+    TextTask,
+    TokenizerOptions,
+    build_text_encoder,
+    check_text_encoder,
+    fit_tokenizer,
+)
 
 FILL = "_fill_masks"  # key parse() sets: predict fills the text's own [MASK]s instead of masking it
 EVAL_SEED = 0x4D4C4D  # evaluation masks: an RNG seeded by (EVAL_SEED, crc32 of the text)
@@ -99,7 +106,7 @@ class MaskedLMMetric(Metric):
         }
 
 
-class MaskedLMTask(Task):
+class MaskedLMTask(TextTask):
     """BERT-style masked-LM pretraining of a ``bert`` model on the texts of ``data.text``."""
 
     name = "masked_lm"
@@ -109,16 +116,9 @@ class MaskedLMTask(Task):
 
     def __init__(self, options, data: dict):
         super().__init__(options, data)
-        self.tokenizer = None
         self._ordinary: np.ndarray | None = None  # ids a random replacement draws from (no specials)
 
     # -- recipe and fitting -------------------------------------------------------------------------
-
-    @classmethod
-    def from_recipe(cls, recipe) -> MaskedLMTask:
-        task = super().from_recipe(recipe)
-        task.data["pretrained"] = recipe.model.pretrained  # where fit finds the checkpoint's tokenizer
-        return task
 
     def check(self, recipe, family) -> None:
         if recipe.data.text is None:
@@ -158,15 +158,6 @@ class MaskedLMTask(Task):
                 "model.pretrained: the checkpoint's tokenizer has no mask token ([MASK]); masked-LM "
                 "training needs one."
             )
-
-    def save(self, run_dir: Path) -> None:
-        self.tokenizer.save(run_dir)
-
-    @classmethod
-    def restore(cls, state: dict, run_dir: Path) -> MaskedLMTask:
-        task = super().restore(state, run_dir)
-        task.tokenizer = load_tokenizer(run_dir)
-        return task
 
     # -- model --------------------------------------------------------------------------------------
 
@@ -320,27 +311,3 @@ class MaskedLMTask(Task):
             ids = filled[r][batch["attention_mask"][r].bool()].tolist()
             result["filled"] = self.tokenizer.decode(ids)
         return results
-
-
-def export_pretrained(run_dir: str | Path, folder: str | Path | None = None) -> Path:
-    """Write a masked_lm run as a Hugging Face folder — ``config.json`` + ``model.safetensors``
-    (``BertForMaskedLM`` layout) + its tokenizer — so other tasks start from it with
-    ``model.pretrained: FOLDER`` and transformers reads it too.
-
-    Args:
-        run_dir: a finished masked_lm run directory.
-        folder: where to write; default ``run_dir/hf`` (a sub-folder: the run's manifest is untouched).
-
-    Returns:
-        The folder.
-    """
-    from bigmodel.hub.pretrained import save_pretrained
-    from bigmodel.rundir import open_run
-
-    model, task, info = open_run(run_dir)
-    if not isinstance(task, MaskedLMTask):
-        raise RecipeError(f"{run_dir}: a {task.name} run; only a masked_lm run exports a pretrained encoder.")
-    folder = Path(info["run_dir"]) / "hf" if folder is None else Path(folder)
-    save_pretrained(model, folder)
-    task.tokenizer.save(folder)
-    return folder

@@ -54,12 +54,18 @@ from torch import nn
 
 from bigmodel.data.records import Records
 from bigmodel.data.squad import check_answer, read_squad
-from bigmodel.data.tokenizers import load_tokenizer, pad_batch
+from bigmodel.data.tokenizers import pad_batch
 from bigmodel.data.values import short_repr
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.tasks.base import Metric, Task, read_inputs
+from bigmodel.tasks.base import Metric, read_inputs
 from bigmodel.tasks.heads import SpanModel
-from bigmodel.tasks.text import TokenizerOptions, build_text_encoder, check_text_encoder, fit_tokenizer
+from bigmodel.tasks.text import (
+    TextTask,
+    TokenizerOptions,
+    build_text_encoder,
+    check_text_encoder,
+    fit_tokenizer,
+)
 
 METRICS = ("loss", "exact_match", "f1")
 NEG = -1e9  # the score of a position that cannot be chosen (in float32)
@@ -175,7 +181,7 @@ def _text(value, field: str) -> str:
 # --- the task -----------------------------------------------------------------------------------------
 
 
-class QuestionAnsweringTask(Task):
+class QuestionAnsweringTask(TextTask):
     """Extractive QA: start/end scores over the context's tokens, long contexts in windows."""
 
     name = "question_answering"
@@ -185,7 +191,6 @@ class QuestionAnsweringTask(Task):
 
     def __init__(self, options, data: dict):
         super().__init__(options, data)
-        self.tokenizer = None
         self._pairs = None  # the tokenizer's copy that cuts pairs into windows (see _windows)
 
     @property
@@ -208,12 +213,6 @@ class QuestionAnsweringTask(Task):
                 "(data.label, default 'answers')."
             )
         check_text_encoder(recipe, family, self.name, "its tokenizer")
-
-    @classmethod
-    def from_recipe(cls, recipe) -> QuestionAnsweringTask:
-        task = super().from_recipe(recipe)
-        task.data["pretrained"] = recipe.model.pretrained  # where fit finds the checkpoint's tokenizer
-        return task
 
     def clean(self, records: Records, split: str) -> Records:
         """Refuse, naming the row (and id) and the field, a question or context that is not text, or
@@ -268,13 +267,9 @@ class QuestionAnsweringTask(Task):
                 "max_length."
             )
 
-    def save(self, run_dir: Path) -> None:
-        self.tokenizer.save(run_dir)
-
     @classmethod
     def restore(cls, state: dict, run_dir: Path) -> QuestionAnsweringTask:
         task = super().restore(state, run_dir)
-        task.tokenizer = load_tokenizer(run_dir)
         task._check_room()
         return task
 

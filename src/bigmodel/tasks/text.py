@@ -19,6 +19,31 @@ from bigmodel.data.tokenizers import TokenizerError, load_tokenizer
 from bigmodel.errors import RecipeError
 from bigmodel.hub.pretrained import PretrainedError, from_pretrained, resolve_folder
 from bigmodel.models.registry import build_config
+from bigmodel.tasks.base import Task
+
+
+class TextTask(Task):
+    """A task that reads text through a tokenizer: the checkpoint's (``model.pretrained``) or one it
+    fits on the train split; saved beside the run as tokenizer.json and restored from it."""
+
+    def __init__(self, options, data: dict):
+        super().__init__(options, data)
+        self.tokenizer = None
+
+    @classmethod
+    def from_recipe(cls, recipe):
+        task = super().from_recipe(recipe)
+        task.data["pretrained"] = recipe.model.pretrained  # where fit finds the checkpoint's tokenizer
+        return task
+
+    def save(self, run_dir: Path) -> None:
+        self.tokenizer.save(run_dir)
+
+    @classmethod
+    def restore(cls, state: dict, run_dir: Path):
+        task = super().restore(state, run_dir)
+        task.tokenizer = load_tokenizer(run_dir)
+        return task
 
 
 class TokenizerOptions(BaseModel):
@@ -71,18 +96,24 @@ def fit_tokenizer(pretrained: str | None, texts: Iterable[str], options: Tokeniz
     return train_tokenizer(texts, options.kind, options.vocab_size, options.lowercase, options.min_frequency)
 
 
+def load_pretrained(family, options: dict, pretrained: str) -> nn.Module:
+    """The checkpoint ``model.pretrained`` names, refused unless it is of the recipe's family."""
+    model = from_pretrained(pretrained_folder(pretrained), **options)
+    if type(model) is not family.model_cls:
+        raise RecipeError(
+            f"model.arch: '{family.name}', but model.pretrained {pretrained!r} holds a "
+            f"{type(model).__name__} checkpoint."
+        )
+    return model
+
+
 def build_text_encoder(
     family, options: dict, pretrained: str | None, tokenizer, max_length: int
 ) -> nn.Module:
     """The backbone: the checkpoint's weights, or a fresh encoder sized to the tokenizer (encoder-only,
     headless, no pooler); refuses a ``max_length`` beyond its positions or a tokenizer it cannot embed."""
     if pretrained is not None:
-        backbone = from_pretrained(pretrained_folder(pretrained), **options)
-        if type(backbone) is not family.model_cls:
-            raise RecipeError(
-                f"model.arch: '{family.name}', but model.pretrained {pretrained!r} holds a "
-                f"{type(backbone).__name__} checkpoint."
-            )
+        backbone = load_pretrained(family, options, pretrained)
     else:
         fields = family.config_fields()
         wanted = {"vocab_size": tokenizer.vocab_size, "num_outputs": 0, "input_size": 0,

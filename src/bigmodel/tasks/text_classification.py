@@ -19,12 +19,11 @@ from pydantic import Field
 from torch import nn
 
 from bigmodel.data.records import Records
-from bigmodel.data.tokenizers import load_tokenizer, pad_batch
+from bigmodel.data.tokenizers import pad_batch
 from bigmodel.data.values import short_repr
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.tasks.base import (
     LabelOptions,
-    Task,
     check_targets,
     clean_missing_labels,
     is_data_file,
@@ -33,7 +32,13 @@ from bigmodel.tasks.base import (
 )
 from bigmodel.tasks.classification import SingleLabel
 from bigmodel.tasks.heads import POOLINGS, TextModel
-from bigmodel.tasks.text import TokenizerOptions, build_text_encoder, check_text_encoder, fit_tokenizer
+from bigmodel.tasks.text import (
+    TextTask,
+    TokenizerOptions,
+    build_text_encoder,
+    check_text_encoder,
+    fit_tokenizer,
+)
 
 
 class TextClassificationOptions(LabelOptions):
@@ -43,7 +48,7 @@ class TextClassificationOptions(LabelOptions):
     tokenizer: TokenizerOptions = TokenizerOptions()
 
 
-class TextClassificationTask(SingleLabel, Task):
+class TextClassificationTask(SingleLabel, TextTask):
     """Single-label classification of texts or text pairs."""
 
     name = "text_classification"
@@ -51,7 +56,6 @@ class TextClassificationTask(SingleLabel, Task):
 
     def __init__(self, options, data: dict):
         super().__init__(options, data)
-        self.tokenizer = None
         self._notes: list[str] = []
 
     # -- recipe and fitting -------------------------------------------------------------------------
@@ -95,21 +99,6 @@ class TextClassificationTask(SingleLabel, Task):
         if self.data.get("text_pair"):
             texts = itertools.chain(texts, (_text(v) for v in train.column(self.data["text_pair"])))
         self.tokenizer = fit_tokenizer(self.data.get("pretrained"), texts, self.options.tokenizer)
-
-    def save(self, run_dir: Path) -> None:
-        self.tokenizer.save(run_dir)
-
-    @classmethod
-    def restore(cls, state: dict, run_dir: Path) -> TextClassificationTask:
-        task = super().restore(state, run_dir)
-        task.tokenizer = load_tokenizer(run_dir)
-        return task
-
-    @classmethod
-    def from_recipe(cls, recipe) -> TextClassificationTask:
-        task = super().from_recipe(recipe)
-        task.data["pretrained"] = recipe.model.pretrained  # where fit finds the checkpoint's tokenizer
-        return task
 
     # -- model --------------------------------------------------------------------------------------
 

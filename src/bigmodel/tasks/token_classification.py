@@ -34,12 +34,18 @@ from torch import nn
 
 from bigmodel.data.conll import read_conll
 from bigmodel.data.records import Records
-from bigmodel.data.tokenizers import load_tokenizer, pad_batch
+from bigmodel.data.tokenizers import pad_batch
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.nn.crf import CRF
-from bigmodel.tasks.base import Metric, Task, parse_records
+from bigmodel.tasks.base import Metric, parse_records
 from bigmodel.tasks.heads import TaggerModel
-from bigmodel.tasks.text import TokenizerOptions, build_text_encoder, check_text_encoder, fit_tokenizer
+from bigmodel.tasks.text import (
+    TextTask,
+    TokenizerOptions,
+    build_text_encoder,
+    check_text_encoder,
+    fit_tokenizer,
+)
 
 SCHEMES = ("BIO", "IOB2", "IOB1", "BIOES", "none")
 # The prefixes a scheme's tags may carry (besides "O"). IOB1 is converted to IOB2 when read;
@@ -242,7 +248,7 @@ def _words(value, column: str) -> list[str]:
 # --- the task ----------------------------------------------------------------------------------------
 
 
-class TokenClassificationTask(Task):
+class TokenClassificationTask(TextTask):
     """One tag per word: named entities (BIO/IOB2, IOB1, BIOES), or plain labels (``scheme: none``)."""
 
     name = "token_classification"
@@ -254,7 +260,6 @@ class TokenClassificationTask(Task):
     def __init__(self, options, data: dict):
         super().__init__(options, data)
         self.tags = TagSet("BIO" if options.scheme == "IOB1" else options.scheme)
-        self.tokenizer = None
 
     @property
     def tokens_column(self) -> str:
@@ -325,22 +330,12 @@ class TokenClassificationTask(Task):
     def state(self) -> dict:
         return {**super().state(), "tags": self.tags.names, "types": self.tags.types}
 
-    def save(self, run_dir: Path) -> None:
-        self.tokenizer.save(run_dir)
-
     @classmethod
     def restore(cls, state: dict, run_dir: Path) -> TokenClassificationTask:
         task = super().restore(state, run_dir)
         task.tags = TagSet(task.tags.scheme, state["types"])
         if task.tags.names != state["tags"]:
             raise DataError(f"{run_dir / 'task.json'}: its tags do not match its entity types.")
-        task.tokenizer = load_tokenizer(run_dir)
-        return task
-
-    @classmethod
-    def from_recipe(cls, recipe) -> TokenClassificationTask:
-        task = super().from_recipe(recipe)
-        task.data["pretrained"] = recipe.model.pretrained  # where fit finds the checkpoint's tokenizer
         return task
 
     # -- model --------------------------------------------------------------------------------------
