@@ -131,13 +131,10 @@ app.add_typer(data_app, name="data")
 @data_app.command("list")
 def data_list():
     """List the built-in data sets and whether their package is installed."""
-    import importlib.util
-
     from bigmodel.data.builtin import BUILTINS
 
     for name, entry in BUILTINS.items():
-        ready = entry.package is None or importlib.util.find_spec(entry.package) is not None
-        print(f"{name:<20} {'installed' if ready else 'missing: ' + entry.install}")
+        print(f"{name:<20} {'installed' if entry.ready() else 'missing: ' + entry.install}")
 
 
 @data_app.command("info")

