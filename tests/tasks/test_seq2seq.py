@@ -72,7 +72,7 @@ def test_tiny_transformer_learns_to_reverse():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert sum(losses[-20:]) / 20 < 0.2 * sum(losses[:20]) / 20
     test = task.clean(reverse_records(24, 1), "test")
     batch = task.collate([task.encode(e, None) for e in test])
