@@ -267,3 +267,27 @@ def test_bad_records_name_the_row_and_field(tmp_path):
     path.write_text('{"tokens": ["a", "b"], "predicate_index": 0, "tags": ["B-V", "I-A0"]}\n')
     with pytest.raises(DataError, match=r"sentence 1: word 2 .* begins with B-"):
         bigmodel.train(recipe(f"jsonl:{path}", **split), output=tmp_path)
+
+
+def test_the_indicator_is_per_call_so_threads_do_not_mix_predicates():
+    """A Predictor serves many threads: each call's predicate must reach only its own forward pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    task = _fitted()
+    sizes = {"embed_dim": 8, "hidden_size": 8, "bidirectional": True}
+    model = task.build_model(get_family("rnn"), sizes, None)
+    with torch.no_grad():
+        model.predicate.weight.normal_()
+    model.eval()
+    words = ["Alice", "said", "that", "Bob", "sold", "bread"]
+    batches = [task.collate([task.encode({"tokens": words, "predicate_index": p}, None)]) for p in (1, 4)]
+    with torch.no_grad():
+        alone = [task.forward(model, b).emissions for b in batches]
+
+        def run(i: int) -> torch.Tensor:
+            return task.forward(model, batches[i % 2]).emissions
+
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(run, range(40)))
+    for i, emissions in enumerate(together):
+        torch.testing.assert_close(emissions, alone[i % 2])
