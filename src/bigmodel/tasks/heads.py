@@ -120,10 +120,9 @@ class TaggerModel(EncoderHead):
         return self.head(self.drop(hidden))  # (B, T, K)
 
 
-class SpanModel(EncoderHead):
-    """``backbone.encode(ids, mask) -> (B, T, H)`` → dropout → linear ``head`` to 2 → ``(B, T, 2)``:
-    per position, the score of the answer starting (``[..., 0]``) and ending (``[..., 1]``) there, as
-    BERT's SQuAD head (Devlin et al. 2019 §4.2).
+class SpanModel(TaggerModel):
+    """A :class:`TaggerModel` with two scores per position, ``(B, T, 2)``: the answer starting
+    (``[..., 0]``) and ending (``[..., 1]``) there, as BERT's SQuAD head (Devlin et al. 2019 §4.2).
 
     Args:
         backbone: a text encoder family (``encode``, ``feature_dim``, ``config``).
@@ -132,15 +131,6 @@ class SpanModel(EncoderHead):
 
     def __init__(self, backbone: nn.Module, dropout: float | None = None):
         super().__init__(backbone, 2, dropout)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        hidden = self.hidden(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        return self.head(self.drop(hidden))  # (B, T, 2): start and end scores
 
 
 def resolve_pooling(backbone: nn.Module, pooling: str) -> str:

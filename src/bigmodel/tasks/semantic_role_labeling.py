@@ -49,7 +49,7 @@ from bigmodel.tasks.token_classification import (
     TokenClassificationTask,
     _words,
     entity_scores,
-    join_words,
+    row_text,
     split_text,
 )
 
@@ -232,10 +232,7 @@ class SemanticRoleLabelingTask(TokenClassificationTask):
         out = []
         for row, words in enumerate(batch["words"]):
             ids = predicted[row, : len(words)].tolist()
-            if "text" in batch:
-                text, spans = batch["text"][row], batch["spans"][row]
-            else:
-                text, spans = join_words(words)
+            text, spans = row_text(batch, row)
             p = batch["predicate"][row]
             arguments = [
                 {

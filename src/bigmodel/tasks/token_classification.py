@@ -213,6 +213,14 @@ def split_text(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     return [w for w, _ in found], [s for _, s in found]
 
 
+def row_text(batch: dict, row: int) -> tuple[str, list[tuple[int, int]]]:
+    """The text a batch row's words came from and their character spans: the user's string when
+    predicting on one, else the words joined with single spaces."""
+    if "text" in batch:
+        return batch["text"][row], batch["spans"][row]
+    return join_words(batch["words"][row])
+
+
 def first_subtokens(offsets, sequence_ids, spans: list[tuple[int, int]]) -> list[int]:
     """For each word (character ``spans`` of the encoded text), the position of its first sub-token,
     or -1 when it has none (truncated, or only characters the tokenizer drops).
@@ -495,10 +503,7 @@ class TokenClassificationTask(TextTask):
         out = []
         for row, words in enumerate(batch["words"]):
             ids = predicted[row, : len(words)].tolist()
-            if "text" in batch:
-                text, spans = batch["text"][row], batch["spans"][row]
-            else:
-                text, spans = join_words(words)
+            text, spans = row_text(batch, row)
             entities = [
                 {
                     "text": text[spans[a][0] : spans[b][1]],
