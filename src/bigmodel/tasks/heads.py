@@ -24,11 +24,20 @@ class FeatureModel(nn.Module):
         dropout: before the head (the families already drop out their features where configured).
     """
 
-    def __init__(self, backbone: nn.Module, num_outputs: int, dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, num_outputs: int, dropout: float = 0.0, frozen: bool = False):
         super().__init__()
         self.backbone = backbone
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.feature_dim, num_outputs)
+        self.frozen = frozen
+        if frozen:  # a pretrained feature extractor: only the head trains
+            backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:  # keep BatchNorm's pretrained statistics and no dropout in the frozen part
+            self.backbone.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(self.backbone(x)))  # (B, num_outputs)

@@ -1,0 +1,222 @@
+"""What image tasks share: the image column, the size and channels fitted on train, normalisation, a
+backbone (from scratch or pretrained), and parsing what a user hands to ``predict``. Not a task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from bigmodel.data.images import is_image_path, load_image
+from bigmodel.data.records import Records
+from bigmodel.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
+from bigmodel.errors import DataError, RecipeError, did_you_mean
+from bigmodel.models.registry import build_config
+from bigmodel.tasks.base import Task, is_data_file, read_inputs
+
+STATS_SAMPLE = 2000  # images the per-channel mean/std is measured on (evenly spaced over train)
+
+
+class ImageOptions(BaseModel):
+    """Options of every image task."""
+
+    model_config = ConfigDict(extra="forbid")
+    image_size: int | tuple[int, int] | None = Field(
+        None,
+        description="height and width every image is resized to (one int: square); default: the "
+        "pretrained checkpoint's, else the first training image's",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 (grey) or 3 (RGB); default: 3 for a pretrained model or colour images, else 1"
+    )
+    normalize: Literal["auto", "dataset", "imagenet", "none"] = Field(
+        "auto",
+        description="per-channel mean/std: the pretrained checkpoint's (auto with model.pretrained), "
+        "the train split's (dataset; auto otherwise), ImageNet's, or none",
+    )
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive(cls, value):
+        sizes = (value,) if isinstance(value, int) else value or ()
+        if any(s < 1 for s in sizes):
+            raise ValueError("image sizes must be positive")
+        return value
+
+
+class ImageTask(Task):
+    """A task whose examples hold an image (``data.image``, default column ``image``)."""
+
+    def __init__(self, options, data: dict):
+        super().__init__(options, data)
+        self.image_spec: dict = {}  # size (h, w), channels, mean, std: fitted on train or the checkpoint
+        self.pretrained: str | None = None  # model.pretrained, set by check()
+
+    @property
+    def image_column(self) -> str:
+        return self.data.get("image") or "image"
+
+    # -- recipe and fitting -------------------------------------------------------------------------
+
+    def check(self, recipe, family) -> None:
+        if recipe.data.text is not None:
+            raise RecipeError(f"data.text: task {self.name} reads images (data.image), not text.")
+        fields = family.config_fields()
+        if not {"input_shape", "in_channels"} & set(fields):
+            raise RecipeError(
+                f"model.arch: task {self.name} reads images and needs an image family (cnn, resnet, "
+                f"efficientnet, mobilenet_v2, mlp); '{family.name}' reads token sequences."
+            )
+        for key in ("input_shape", "in_channels", "num_outputs"):
+            if key in recipe.model.options():
+                raise RecipeError(f"model.{key}: set by the task from the data; remove it from the recipe.")
+        self.pretrained = recipe.model.pretrained
+
+    def require_image_column(self, records: Records) -> None:
+        if self.image_column not in records.columns:
+            raise DataError(
+                f"data.image: column '{self.image_column}' is not in {records.where}. Columns: "
+                f"{', '.join(records.columns)}.{did_you_mean(self.image_column, records.columns)}"
+            )
+
+    def fit_images(self, train: Records, pretrained: str | None) -> None:
+        """Size and channels from the options, the checkpoint or the first image; mean/std measured."""
+        self.require_image_column(train)
+        first = load_image(train[0][self.image_column], f"{train.where} (train split), row {train.row_number(0)}")
+        wanted = self.checkpoint_preprocessing(pretrained)
+        size = self.options.image_size or wanted.get("size") or tuple(first.shape[1:])
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        channels = self.options.channels or (3 if pretrained or first.shape[0] == 3 else 1)
+        mode = self.options.normalize
+        if mode == "auto":
+            mode = "checkpoint" if pretrained else "dataset"
+        if mode == "checkpoint":
+            mean, std = wanted.get("mean", IMAGENET_MEAN), wanted.get("std", IMAGENET_STD)
+        elif mode == "imagenet":
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        elif mode == "none":
+            mean, std = (0.0,) * channels, (1.0,) * channels
+        else:
+            mean, std = self._measure(train, size, channels)
+        if len(mean) != channels:
+            raise RecipeError(
+                f"task.normalize: {mode} statistics have {len(mean)} channels but the images have {channels}; "
+                "set task.channels or task.normalize: dataset."
+            )
+        self.image_spec = {"size": list(size), "channels": channels, "mean": [float(m) for m in mean],
+                           "std": [float(s) for s in std]}  # fmt: skip
+
+    def checkpoint_preprocessing(self, pretrained: str | None) -> dict:
+        """What a pretrained checkpoint expects (input size, mean, std), or {} from scratch."""
+        if not pretrained:
+            return {}
+        from bigmodel.hub.vision import image_preprocessing
+
+        return image_preprocessing(pretrained)
+
+    def _measure(self, train: Records, size, channels: int) -> tuple[list[float], list[float]]:
+        picks = np.unique(np.linspace(0, len(train) - 1, min(len(train), STATS_SAMPLE)).round().astype(int))
+        total = torch.zeros(channels, dtype=torch.float64)
+        squares = torch.zeros(channels, dtype=torch.float64)
+        count = 0
+        for i in picks:
+            x = self.load(train[int(i)], f"{train.where} (train split), row {train.row_number(int(i))}",
+                          size=size, channels=channels).double()  # fmt: skip
+            total += x.sum(dim=(1, 2))
+            squares += (x * x).sum(dim=(1, 2))
+            count += x.shape[1] * x.shape[2]
+        mean = total / count
+        std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+        return mean.tolist(), std.tolist()
+
+    def state(self) -> dict:
+        return {**super().state(), "image": self.image_spec}
+
+    @classmethod
+    def restore(cls, state, run_dir):
+        task = super().restore(state, run_dir)
+        spec = state.get("image")
+        if not isinstance(spec, dict) or not {"size", "channels", "mean", "std"} <= set(spec):
+            raise DataError("task.json: 'image' must hold size, channels, mean and std.")
+        task.image_spec = spec
+        return task
+
+    # -- images -------------------------------------------------------------------------------------
+
+    def load(self, example: Mapping, where: str, size=None, channels: int | None = None) -> torch.Tensor:
+        """The example's image as ``(C, H, W)`` in [0, 1] (8-bit sources), resized to the task's size."""
+        if self.image_column not in example:
+            raise DataError(f"{where}: no '{self.image_column}' (the image column).")
+        x = load_image(example[self.image_column], where, channels or self.image_spec["channels"])
+        return resize(x, tuple(size or self.image_spec["size"]))
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.image_spec["mean"], self.image_spec["std"])
+
+    def validate_images(self, records: Records, split: str) -> None:
+        """Every image of a split decodes (files are opened and decoded once, before training)."""
+        for i in range(len(records)):
+            where = f"{records.where} ({split} split), row {records.row_number(i)}"
+            load_image(records[i][self.image_column], where, self.image_spec["channels"])
+
+    # -- model --------------------------------------------------------------------------------------
+
+    def build_backbone(self, family, options: dict, pretrained: str | None) -> nn.Module:
+        """The family headless (``num_outputs=0``): pretrained weights, or built for the task's images."""
+        if pretrained:
+            from bigmodel.hub.vision import load_image_pretrained
+
+            model, _ = load_image_pretrained(family, options, pretrained, keep_head=False)
+            return model
+        fields = family.config_fields()
+        size, channels = tuple(self.image_spec["size"]), self.image_spec["channels"]
+        shape = {"input_shape": (channels, *size)} if "input_shape" in fields else {"in_channels": channels}
+        return family.model_cls(build_config(family, {**shape, "num_outputs": 0, **options}))
+
+    # -- prediction ---------------------------------------------------------------------------------
+
+    def parse(self, raw) -> list[dict]:
+        """Images to predict on: an image file, encoded bytes, a PIL image, an array (one image or a
+        stack ``(N, ...)``), a list of those, records with the image column, or a .csv/.jsonl file of
+        records. Each image is decoded here, so a bad one is refused naming it."""
+        if isinstance(raw, (list, tuple)) and not raw:
+            raise DataError(f"inputs: nothing to predict (an empty {type(raw).__name__}).")
+        if is_data_file(raw) or isinstance(raw, Mapping) or (
+            isinstance(raw, (list, tuple)) and any(isinstance(r, Mapping) for r in raw)
+        ):
+            inputs = read_inputs(raw)
+            records, names = inputs.records, [f"{inputs.where}: row {r}" for r in inputs.rows]
+        else:
+            images = self._image_list(raw)
+            records = [{self.image_column: image} for image in images]
+            names = [_input_name(image, i, len(images)) for i, image in enumerate(images)]
+        for record, name in zip(records, names, strict=True):
+            self.load(record, name)  # refuse what cannot be read, naming it
+        return records
+
+    def _image_list(self, raw) -> list:
+        if isinstance(raw, (np.ndarray, torch.Tensor)):
+            stacked = raw.ndim == 4 or (raw.ndim == 3 and self.image_spec["channels"] == 1 and raw.shape[0] not in (1, 3)
+                                         and tuple(raw.shape[1:]) == tuple(self.image_spec["size"]))  # fmt: skip
+            return list(raw) if stacked else [raw]
+        if isinstance(raw, (list, tuple)) and all(
+            is_image_path(r) or isinstance(r, (bytes, bytearray, np.ndarray, torch.Tensor)) or hasattr(r, "mode")
+            for r in raw
+        ):
+            return list(raw)
+        if isinstance(raw, (str, Path)) and not is_image_path(raw):
+            raise DataError(
+                f"inputs: '{raw}' is neither an image file (.png, .jpg, ...) nor a .csv/.jsonl file of records."
+            )
+        return [raw]
+
+
+def _input_name(image, i: int, n: int) -> str:
+    if isinstance(image, (str, Path)):
+        return f"'{image}'"
+    return "inputs" if n == 1 else f"inputs: image {i + 1}"
