@@ -82,13 +82,24 @@ def evaluate(
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="A run directory.")],
-    inputs: Annotated[Path, typer.Argument(help="A .csv, .jsonl or .parquet file of rows.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="A .csv/.jsonl/.parquet file of rows, or one or more image files.")
+    ],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write JSON lines here.")] = None,  # noqa: UP045
+    images: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--images", help="Folder for the images a prediction holds (masks, drawn boxes, samples)."
+        ),
+    ] = None,
 ):
-    """Predict every row of a file; prints one JSON object per row."""
+    """Predict every row of a file (or every image given); prints one JSON object per example. Images a
+    prediction holds are written as PNG files (default folder: ./predictions) and named in the JSON."""
     from bigmodel.pipeline import load
 
-    predictions = load(run).predict(inputs)
+    predictor = load(run)
+    predictions = predictor.predict(inputs[0] if len(inputs) == 1 else inputs)
+    predictions = _save_images(predictions, images or Path("predictions"))
     try:  # strict JSON: the predictor refuses non-finite outputs; this is the last line of defence
         lines = "".join(json.dumps(row, allow_nan=False) + "\n" for row in predictions)
     except ValueError as exc:
@@ -98,6 +109,31 @@ def predict(
     else:
         output.write_text(lines, encoding="utf-8")
         console.print(f"{lines.count(chr(10))} predictions written to {output}")
+
+
+def _save_images(predictions: list[dict], folder: Path) -> list[dict]:
+    """Replace every PIL image in the predictions by the path of the PNG it is saved as."""
+    from PIL import Image
+
+    written = []
+
+    def save(value, name: str):
+        if isinstance(value, Image.Image):
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{name}.png"
+            value.save(path)
+            written.append(path)
+            return str(path)
+        if isinstance(value, dict):
+            return {k: save(v, f"{name}-{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [save(v, f"{name}-{i}") for i, v in enumerate(value)]
+        return value
+
+    saved = [save(row, f"{i + 1}") for i, row in enumerate(predictions)]
+    if written:  # on stderr: stdout carries the JSON lines
+        Console(stderr=True).print(f"{len(written)} images written to {folder}/", highlight=False)
+    return saved
 
 
 @app.command("export-hf")

@@ -135,7 +135,9 @@ def _to_chw(array: np.ndarray) -> torch.Tensor:
 
 def _from_array(value, where: str, channels: int | None) -> torch.Tensor:
     array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
         raise DataError(f"{where}: an image array must hold numbers; found dtype {array.dtype}.")
     if array.ndim == 2:
         array = array[..., None]
@@ -143,8 +145,8 @@ def _from_array(value, where: str, channels: int | None) -> torch.Tensor:
         array = np.moveaxis(array, 0, -1)  # (C, H, W) -> (H, W, C)
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or min(array.shape[:2]) < 1:
         raise DataError(
-            f"{where}: an image array of shape {tuple(np.shape(value))} is not (H, W), (H, W, C) or (C, H, W) "
-            "with C in 1, 3, 4."
+            f"{where}: an image array of shape {tuple(np.shape(value))} is not (H, W), (H, W, C) or "
+            "(C, H, W) with C in 1, 3, 4."
         )
     if array.shape[-1] == 4:
         array = array[..., :3]  # RGBA -> RGB, as a decoded file
@@ -247,7 +249,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype, offset=header).reshape(dims)
 
 
-def read_idx_pair(images_path: str | Path, class_names: list[str] | None = None, where: str = "") -> ColumnRecords:
+def read_idx_pair(
+    images_path: str | Path, class_names: list[str] | None = None, where: str = ""
+) -> ColumnRecords:
     """``idx:FILE``: an images IDX file and the labels file beside it (``images`` -> ``labels`` in the
     name, ``idx3`` -> ``idx1``), as records ``image`` (uint8 (H, W)) and ``label``."""
     images_path = Path(images_path).expanduser()
@@ -260,7 +264,8 @@ def read_idx_pair(images_path: str | Path, class_names: list[str] | None = None,
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(
-            f"'{images_path}' {images.shape} and '{labels_path}' {labels.shape} are not N images and N labels."
+            f"'{images_path}' {images.shape} and '{labels_path}' {labels.shape} are not N images and N "
+            "labels."
         )
     names = labels.tolist() if class_names is None else [class_names[int(i)] for i in labels]
     digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
@@ -280,10 +285,12 @@ def read_fashion_mnist(folder: Path = FASHION_MNIST_DIR) -> dict[str, Records]:
     """Fashion-MNIST's published splits (60,000 train, 10,000 test) with its class names."""
     if not (folder / "train-images-idx3-ubyte.gz").is_file():
         raise DataError(
-            "data.source 'builtin:fashion-mnist' reads the Debian package dataset-fashion-mnist, which is not "
-            f"installed (no {folder}/train-images-idx3-ubyte.gz): apt-get install dataset-fashion-mnist."
+            "data.source 'builtin:fashion-mnist' reads the Debian package dataset-fashion-mnist, which is "
+            f"not installed (no {folder}/train-images-idx3-ubyte.gz): apt-get install dataset-fashion-mnist."
         )
     return {
-        split: read_idx_pair(folder / f"{stem}-images-idx3-ubyte.gz", FASHION_MNIST_CLASSES, "builtin:fashion-mnist")
+        split: read_idx_pair(
+            folder / f"{stem}-images-idx3-ubyte.gz", FASHION_MNIST_CLASSES, "builtin:fashion-mnist"
+        )
         for split, stem in (("train", "train"), ("test", "t10k"))
     }

@@ -39,7 +39,9 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[:, top : top + size[0], left : left + size[1]]
 
 
-def random_crop(x: torch.Tensor, size: tuple[int, int], padding: int, rng: np.random.Generator) -> torch.Tensor:
+def random_crop(
+    x: torch.Tensor, size: tuple[int, int], padding: int, rng: np.random.Generator
+) -> torch.Tensor:
     """Pad every side with ``padding`` zeros, then take a ``size`` window at a random position."""
     if padding:
         x = F.pad(x, (padding, padding, padding, padding))

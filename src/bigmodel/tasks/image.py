@@ -87,7 +87,9 @@ class ImageTask(Task):
     def fit_images(self, train: Records, pretrained: str | None) -> None:
         """Size and channels from the options, the checkpoint or the first image; mean/std measured."""
         self.require_image_column(train)
-        first = load_image(train[0][self.image_column], f"{train.where} (train split), row {train.row_number(0)}")
+        first = load_image(
+            train[0][self.image_column], f"{train.where} (train split), row {train.row_number(0)}"
+        )
         wanted = self.checkpoint_preprocessing(pretrained)
         size = self.options.image_size or wanted.get("size") or tuple(first.shape[1:])
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -105,8 +107,8 @@ class ImageTask(Task):
             mean, std = self._measure(train, size, channels)
         if len(mean) != channels:
             raise RecipeError(
-                f"task.normalize: {mode} statistics have {len(mean)} channels but the images have {channels}; "
-                "set task.channels or task.normalize: dataset."
+                f"task.normalize: {mode} statistics have {len(mean)} channels but the images have "
+                f"{channels}; set task.channels or task.normalize: dataset."
             )
         self.image_spec = {"size": list(size), "channels": channels, "mean": [float(m) for m in mean],
                            "std": [float(s) for s in std]}  # fmt: skip
@@ -186,8 +188,10 @@ class ImageTask(Task):
         records. Each image is decoded here, so a bad one is refused naming it."""
         if isinstance(raw, (list, tuple)) and not raw:
             raise DataError(f"inputs: nothing to predict (an empty {type(raw).__name__}).")
-        if is_data_file(raw) or isinstance(raw, Mapping) or (
-            isinstance(raw, (list, tuple)) and any(isinstance(r, Mapping) for r in raw)
+        if (
+            (is_data_file(raw) and not is_image_path(raw))
+            or isinstance(raw, Mapping)
+            or (isinstance(raw, (list, tuple)) and any(isinstance(r, Mapping) for r in raw))
         ):
             inputs = read_inputs(raw)
             records, names = inputs.records, [f"{inputs.where}: row {r}" for r in inputs.rows]
@@ -201,17 +205,21 @@ class ImageTask(Task):
 
     def _image_list(self, raw) -> list:
         if isinstance(raw, (np.ndarray, torch.Tensor)):
-            stacked = raw.ndim == 4 or (raw.ndim == 3 and self.image_spec["channels"] == 1 and raw.shape[0] not in (1, 3)
-                                         and tuple(raw.shape[1:]) == tuple(self.image_spec["size"]))  # fmt: skip
+            # (N, C, H, W), or (N, H, W) grey images of the trained size; else one image
+            grey_stack = raw.ndim == 3 and self.image_spec["channels"] == 1 and raw.shape[0] not in (1, 3)
+            stacked = raw.ndim == 4 or (grey_stack and tuple(raw.shape[1:]) == tuple(self.image_spec["size"]))
             return list(raw) if stacked else [raw]
         if isinstance(raw, (list, tuple)) and all(
-            is_image_path(r) or isinstance(r, (bytes, bytearray, np.ndarray, torch.Tensor)) or hasattr(r, "mode")
+            is_image_path(r)
+            or isinstance(r, (bytes, bytearray, np.ndarray, torch.Tensor))
+            or hasattr(r, "mode")
             for r in raw
         ):
             return list(raw)
         if isinstance(raw, (str, Path)) and not is_image_path(raw):
             raise DataError(
-                f"inputs: '{raw}' is neither an image file (.png, .jpg, ...) nor a .csv/.jsonl file of records."
+                f"inputs: '{raw}' is neither an image file (.png, .jpg, ...) nor a .csv/.jsonl file of "
+                "records."
             )
         return [raw]
 

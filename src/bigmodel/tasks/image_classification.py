@@ -28,7 +28,9 @@ class AugmentOptions(BaseModel):
     crop_padding: int = Field(0, ge=0, description="pad each side, then crop back at a random position")
     resized_crop: bool = Field(False, description="a random crop of 35-100 % of the area, resized back")
     flip: bool = Field(False, description="mirror left-right with probability 1/2 (not for digits or text)")
-    color_jitter: float = Field(0.0, ge=0.0, le=1.0, description="brightness/contrast/saturation factor range")
+    color_jitter: float = Field(
+        0.0, ge=0.0, le=1.0, description="brightness/contrast/saturation factor range"
+    )
 
 
 class ImageClassificationOptions(ImageOptions, LabelOptions):
@@ -112,7 +114,9 @@ class ImageClassificationTask(SingleLabel, ImageTask):
             {
                 "label": names[int(idx[0])],
                 "score": round(float(p[0]), 6),
-                "top_k": [{"label": names[int(i)], "score": round(float(q), 6)} for q, i in zip(p, idx, strict=True)],
+                "top_k": [
+                    {"label": names[int(i)], "score": round(float(q), 6)} for q, i in zip(p, idx, strict=True)
+                ],
             }
             for p, idx in zip(top.values, top.indices, strict=True)
         ]
