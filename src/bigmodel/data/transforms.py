@@ -17,18 +17,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(C, H, W)`` -> ``(C, *size)``, bilinear with antialiasing (a no-op at the same size)."""
+def resize(x: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """``(C, H, W)`` -> ``(C, *size)``, ``bilinear`` or ``bicubic`` with antialiasing (a no-op at the
+    same size)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x[None], size=tuple(size), mode="bilinear", antialias=True, align_corners=False)[0]
+    out = F.interpolate(x[None], size=tuple(size), mode=interpolation, antialias=True, align_corners=False)[0]
+    return out.clamp(0, 1) if interpolation == "bicubic" else out  # bicubic overshoots at edges
 
 
-def resize_shorter(x: torch.Tensor, shorter: int) -> torch.Tensor:
+def resize_shorter(x: torch.Tensor, shorter: int, interpolation: str = "bilinear") -> torch.Tensor:
     """Scale so the shorter side is ``shorter`` pixels, keeping the aspect ratio."""
     h, w = x.shape[-2:]
     scale = shorter / min(h, w)
-    return resize(x, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return resize(x, (max(1, round(h * scale)), max(1, round(w * scale))), interpolation)
 
 
 def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -14,7 +14,14 @@ from torch import nn
 
 from bigmodel.data.images import is_image_path, load_image
 from bigmodel.data.records import Records
-from bigmodel.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
+from bigmodel.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop,
+    normalize,
+    resize,
+    resize_shorter,
+)
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 from bigmodel.models.registry import build_config
 from bigmodel.tasks.base import Task, is_data_file, read_inputs
@@ -55,7 +62,16 @@ class ImageTask(Task):
     def __init__(self, options, data: dict):
         super().__init__(options, data)
         self.image_spec: dict = {}  # size (h, w), channels, mean, std: fitted on train or the checkpoint
-        self.pretrained: str | None = None  # model.pretrained, set by check()
+
+    @classmethod
+    def from_recipe(cls, recipe):
+        task = super().from_recipe(recipe)
+        task.data["pretrained"] = recipe.model.pretrained  # whose preprocessing fit_images follows
+        return task
+
+    @property
+    def pretrained(self) -> str | None:
+        return self.data.get("pretrained")
 
     @property
     def image_column(self) -> str:
@@ -75,7 +91,6 @@ class ImageTask(Task):
         for key in ("input_shape", "in_channels", "num_outputs"):
             if key in recipe.model.options():
                 raise RecipeError(f"model.{key}: set by the task from the data; remove it from the recipe.")
-        self.pretrained = recipe.model.pretrained
 
     def require_image_column(self, records: Records) -> None:
         if self.image_column not in records.columns:
@@ -84,21 +99,24 @@ class ImageTask(Task):
                 f"{', '.join(records.columns)}.{did_you_mean(self.image_column, records.columns)}"
             )
 
-    def fit_images(self, train: Records, pretrained: str | None) -> None:
-        """Size and channels from the options, the checkpoint or the first image; mean/std measured."""
+    def fit_images(self, train: Records, pretrained: str | None = None) -> None:
+        """Size and channels from the options, the checkpoint or the first image; mean/std measured.
+
+        A pretrained checkpoint also says how an image reaches its size (shorter side scaled, then the
+        centre cropped, with its interpolation) unless ``task.image_size`` sets the size."""
         self.require_image_column(train)
-        first = load_image(
-            train[0][self.image_column], f"{train.where} (train split), row {train.row_number(0)}"
-        )
+        where = f"{train.where} (train split), row {train.row_number(0)}"
+        first = load_image(train[0][self.image_column], where)
+        pretrained = pretrained or self.pretrained
         wanted = self.checkpoint_preprocessing(pretrained)
-        size = self.options.image_size or wanted.get("size") or tuple(first.shape[1:])
+        size = self.options.image_size or wanted.get("input_size") or tuple(first.shape[1:])
         size = (size, size) if isinstance(size, int) else tuple(size)
         channels = self.options.channels or (3 if pretrained or first.shape[0] == 3 else 1)
         mode = self.options.normalize
         if mode == "auto":
             mode = "checkpoint" if pretrained else "dataset"
         if mode == "checkpoint":
-            mean, std = wanted.get("mean", IMAGENET_MEAN), wanted.get("std", IMAGENET_STD)
+            mean, std = wanted["mean"], wanted["std"]
         elif mode == "imagenet":
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         elif mode == "none":
@@ -111,10 +129,13 @@ class ImageTask(Task):
                 f"{channels}; set task.channels or task.normalize: dataset."
             )
         self.image_spec = {"size": list(size), "channels": channels, "mean": [float(m) for m in mean],
-                           "std": [float(s) for s in std]}  # fmt: skip
+                           "std": [float(s) for s in std],
+                           "interpolation": wanted.get("interpolation", "bilinear")}  # fmt: skip
+        if wanted and not self.options.image_size:
+            self.image_spec["resize_shorter"] = int(wanted["resize_shorter"])
 
     def checkpoint_preprocessing(self, pretrained: str | None) -> dict:
-        """What a pretrained checkpoint expects (input size, mean, std), or {} from scratch."""
+        """What a pretrained checkpoint expects (input size, resizing, mean, std), or {} from scratch."""
         if not pretrained:
             return {}
         from bigmodel.hub.vision import image_preprocessing
@@ -151,11 +172,16 @@ class ImageTask(Task):
     # -- images -------------------------------------------------------------------------------------
 
     def load(self, example: Mapping, where: str, size=None, channels: int | None = None) -> torch.Tensor:
-        """The example's image as ``(C, H, W)`` in [0, 1] (8-bit sources), resized to the task's size."""
+        """The example's image as ``(C, H, W)`` in [0, 1] (8-bit sources) at the task's size: resized,
+        or (a pretrained checkpoint's way) its shorter side scaled and the centre cropped."""
         if self.image_column not in example:
             raise DataError(f"{where}: no '{self.image_column}' (the image column).")
-        x = load_image(example[self.image_column], where, channels or self.image_spec["channels"])
-        return resize(x, tuple(size or self.image_spec["size"]))
+        spec = self.image_spec
+        x = load_image(example[self.image_column], where, channels or spec["channels"])
+        size, interpolation = tuple(size or spec["size"]), spec.get("interpolation", "bilinear")
+        if spec.get("resize_shorter"):
+            return center_crop(resize_shorter(x, spec["resize_shorter"], interpolation), size)
+        return resize(x, size, interpolation)
 
     def normalized(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.image_spec["mean"], self.image_spec["std"])
@@ -170,14 +196,14 @@ class ImageTask(Task):
 
     def build_backbone(self, family, options: dict, pretrained: str | None) -> nn.Module:
         """The family headless (``num_outputs=0``): pretrained weights, or built for the task's images."""
-        if pretrained:
-            from bigmodel.hub.vision import load_image_pretrained
-
-            model, _ = load_image_pretrained(family, options, pretrained, keep_head=False)
-            return model
         fields = family.config_fields()
         size, channels = tuple(self.image_spec["size"]), self.image_spec["channels"]
         shape = {"input_shape": (channels, *size)} if "input_shape" in fields else {"in_channels": channels}
+        if pretrained:
+            from bigmodel.hub.vision import load_image_pretrained
+
+            model, _ = load_image_pretrained(family, {**options, **shape}, pretrained, keep_head=False)
+            return model
         return family.model_cls(build_config(family, {**shape, "num_outputs": 0, **options}))
 
     # -- prediction ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from bigmodel.data.records import Records
 from bigmodel.data.transforms import color_jitter, random_crop, random_flip, random_resized_crop
 from bigmodel.errors import RecipeError
 from bigmodel.tasks.base import LabelOptions, check_targets, clean_missing_labels, label_column
-from bigmodel.tasks.classification import SingleLabel
+from bigmodel.tasks.classification import Labels, SingleLabel
 from bigmodel.tasks.heads import FeatureModel
 from bigmodel.tasks.image import ImageOptions, ImageTask
 
@@ -68,7 +68,7 @@ class ImageClassificationTask(SingleLabel, ImageTask):
     def fit(self, train: Records) -> None:
         label = label_column(self.data, train)
         self.labels.fit(train.column(label), f"{train.where} (train split)")
-        self.fit_images(train, self.pretrained)
+        self.fit_images(train)
 
     def validate(self, records: Records, split: str) -> None:
         check_targets(self.data, records, split, self.labels.index)
@@ -104,6 +104,21 @@ class ImageClassificationTask(SingleLabel, ImageTask):
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["x"])
+
+    @classmethod
+    def for_checkpoint(cls, name: str) -> tuple[nn.Module, ImageClassificationTask]:
+        """A pretrained ImageNet classifier ready to predict (``bigmodel predict efficientnet-lite0
+        photo.jpg``): the checkpoint's own 1000-way head, ImageNet's class names and its preprocessing."""
+        from bigmodel.hub.vision import IMAGE_CHECKPOINTS, image_preprocessing, load_image_pretrained
+
+        model, names = load_image_pretrained(IMAGE_CHECKPOINTS[name].family, {}, name, keep_head=True)
+        task = cls(cls.Options(), {})
+        task.labels = Labels(names)
+        wanted = image_preprocessing(name)
+        task.image_spec = {"size": list(wanted["input_size"]), "channels": 3, "mean": list(wanted["mean"]),
+                           "std": list(wanted["std"]), "interpolation": wanted["interpolation"],
+                           "resize_shorter": int(wanted["resize_shorter"])}  # fmt: skip
+        return model, task
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         probs = self.forward(model, batch).float().softmax(dim=-1).cpu()
