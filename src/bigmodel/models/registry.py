@@ -30,6 +30,8 @@ FAMILY_MODULES: dict[str, str] = {
     "t5": "t5",
     "llama": "llama",
     "transformer": "transformer",
+    "efficientnet": "efficientnet",
+    "mobilenet_v2": "mobilenet_v2",
 }
 
 
