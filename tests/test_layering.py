@@ -23,8 +23,9 @@ STAGES = [
     "export",
     "serve",
 ]
-# evaluation/metrics.py is a NumPy-only leaf: tasks own their metrics and compute them with it.
-LEAVES = {"bigmodel.evaluation.metrics"}
+# evaluation/ holds leaves that import no other bigmodel stage (NumPy/torch computations of metrics:
+# classification reports, COCO AP, Fréchet distance): tasks own their metrics and compute them with these.
+LEAVES = {"bigmodel.evaluation.metrics", "bigmodel.evaluation.detection", "bigmodel.evaluation.generation"}
 # Top-level modules that wire everything together.
 WIRING = {"pipeline", "rundir", "cli", "__init__", "__main__"}
 # Only hub/ may touch the big external model libraries.
@@ -62,6 +63,17 @@ def test_imports_flow_downstream(path):
         assert STAGES.index(target) <= STAGES.index(package), (
             f"{path.relative_to(SRC)}:{line} imports {name}: {package}/ may not import later stage {target}/"
         )
+
+
+def test_leaves_import_no_stage():
+    for leaf in LEAVES:
+        path = SRC.joinpath(*leaf.split(".")[1:]).with_suffix(".py")
+        if not path.is_file():
+            continue
+        for name, line in _imports(path):
+            assert name.split(".")[0] != "bigmodel" or name.startswith("bigmodel.errors"), (
+                f"{path.name}:{line} imports {name}; a leaf imports no bigmodel stage"
+            )
 
 
 def test_recipe_and_cli_help_import_no_torch():
