@@ -67,14 +67,15 @@ def evaluate(
         if isinstance(value, float):
             table.add_row(key, f"{value:.4f}")
     console.print(table)
-    if "per_class" in metrics:
+    rows = metrics.get("per_class") or []
+    if rows:  # whatever columns the task reports per class (precision/recall/F1, IoU, ...)
+        columns = [k for k in rows[0] if k != "absent"]
         per_class = Table(title="per class")
-        for col in ("class", "precision", "recall", "f1", "support"):
+        for col in columns:
             per_class.add_column(col, justify="right")
-        for row in metrics["per_class"]:
-            per_class.add_row(
-                row["class"], *(f"{row[k]:.4f}" for k in ("precision", "recall", "f1")), str(row["support"])
-            )
+        for row in rows:
+            cells = (f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in columns)
+            per_class.add_row(*cells)
         console.print(per_class)
     console.print(f"written to {run / 'eval.json'}")
 

@@ -230,6 +230,11 @@ class MobileNetV2(Model):
         plan = list(_block_plan(c))
         self.blocks = nn.ModuleList(InvertedResidual(i, o, s, t, **norm) for _, i, o, s, t in plan)
         self.last_conv = ConvBNAct(plan[-1][2], self.feature_dim, 1, **norm)
+        # feature_maps taps the last block before each stride-2 block, and the last conv
+        strides = [stride for _, _, out, stride, _ in plan] + [2]
+        outs = [out for _, _, out, stride, _ in plan]
+        self._taps = [i for i in range(len(plan)) if strides[i + 1] == 2 and i < len(plan) - 1]
+        self._tap_channels = [outs[i] for i in self._taps]
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(self.feature_dim, c.num_outputs) if c.num_outputs else None
         init_weights(self)
@@ -239,14 +244,27 @@ class MobileNetV2(Model):
         """Width of the pooled features: the last 1×1 conv's channels."""
         return make_divisible(self.config.head_width * max(1.0, self.config.width_mult))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features before dropout and the head, ``(B, feature_dim)``."""
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each map :meth:`feature_maps` returns."""
+        return [*self._tap_channels, self.feature_dim]
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The last map at each resolution (strides 2, 4, 8, 16; then the 1×1 last conv's at 32),
+        finest first, for dense heads (detection, segmentation)."""
         if x.dim() == 3:  # (B, H, W) grey images -> (B, 1, H, W)
             x = x.unsqueeze(1)
         x = self.stem(x)  # (B, stem, H/2, W/2)
-        for block in self.blocks:  # the stride-2 stages halve H and W: H/32 after the paper's stages
+        maps = []
+        for i, block in enumerate(self.blocks):  # the stride-2 stages halve H and W: H/32 at the end
             x = maybe_checkpoint(block, x, enabled=self.config.gradient_checkpointing)
-        return self.last_conv(x).mean(dim=(2, 3))  # global average pool -> (B, feature_dim)
+            if i in self._taps:
+                maps.append(x)
+        return [*maps, self.last_conv(x)]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features before dropout and the head, ``(B, feature_dim)``."""
+        return self.feature_maps(x)[-1].mean(dim=(2, 3))  # global average pool -> (B, feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_outputs)``, or the pooled features after dropout ``(B, feature_dim)``

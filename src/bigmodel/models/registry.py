@@ -30,6 +30,7 @@ FAMILY_MODULES: dict[str, str] = {
     "t5": "t5",
     "llama": "llama",
     "transformer": "transformer",
+    "unet": "unet",
     "efficientnet": "efficientnet",
     "mobilenet_v2": "mobilenet_v2",
 }

@@ -17,6 +17,7 @@ from bigmodel.tasks.masked_lm import MaskedLMTask
 from bigmodel.tasks.question_answering import QuestionAnsweringTask
 from bigmodel.tasks.regression import RegressionTask
 from bigmodel.tasks.semantic_role_labeling import SemanticRoleLabelingTask
+from bigmodel.tasks.semantic_segmentation import SemanticSegmentationTask
 from bigmodel.tasks.seq2seq import Seq2SeqTask
 from bigmodel.tasks.text_classification import TextClassificationTask
 from bigmodel.tasks.token_classification import TokenClassificationTask
@@ -32,6 +33,7 @@ TASKS: dict[str, type[Task]] = {
     "seq2seq": Seq2SeqTask,
     "semantic_role_labeling": SemanticRoleLabelingTask,
     "image_classification": ImageClassificationTask,
+    "semantic_segmentation": SemanticSegmentationTask,
 }
 
 
