@@ -168,11 +168,13 @@ def _train(recipe, task, splits, fingerprint, output: Path, progress: bool, modu
 
     device = next(model.parameters()).device
     batch_size, workers = recipe.train.evaluation_batch_size, recipe.train.num_workers
-    report = {
-        name: evaluate_records(model, task, records, batch_size, device, workers)
-        for name, records in splits.items()
-        if name != "train"
-    }
+    report = {}
+    for name, records in splits.items():  # validation before test
+        if name == "train":
+            continue
+        report[name] = evaluate_records(model, task, records, batch_size, device, workers)
+        if name == "validation" and task.calibrate(report[name]):  # e.g. a threshold chosen on validation
+            write_json(run_dir / "task.json", task.state())
     write_json(run_dir / "eval.json", report)
     metrics = {
         "train": {

@@ -31,7 +31,8 @@ from bigmodel.training.checkpoint import STATE_DIR
 MODEL_FORMAT = 1  # model.json's format version
 RUN_FILES = ("recipe.yaml", "model.json", "task.json", "data.json", "model.safetensors")
 # What training (re)writes after the run directory's inputs: a resumed run's manifest may not match them.
-TRAINING_OUTPUTS = ("model.safetensors", "metrics.jsonl", "eval.json", "summary.json")
+# task.json too: a task may fix what it chose on the validation split (Task.calibrate) after training
+TRAINING_OUTPUTS = ("model.safetensors", "metrics.jsonl", "eval.json", "summary.json", "task.json")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from bigmodel.errors import RecipeError, RunDirError, UserError, unknown_name
 from bigmodel.tasks.base import TASK_FORMAT, Metric, Task, load_object
 from bigmodel.tasks.causal_lm import CausalLMTask
 from bigmodel.tasks.classification import ClassificationTask
+from bigmodel.tasks.face_verification import FaceVerificationTask
 from bigmodel.tasks.image_classification import ImageClassificationTask
 from bigmodel.tasks.masked_lm import MaskedLMTask
 from bigmodel.tasks.question_answering import QuestionAnsweringTask
@@ -34,6 +35,7 @@ TASKS: dict[str, type[Task]] = {
     "semantic_role_labeling": SemanticRoleLabelingTask,
     "image_classification": ImageClassificationTask,
     "semantic_segmentation": SemanticSegmentationTask,
+    "face_verification": FaceVerificationTask,
 }
 
 

@@ -190,6 +190,12 @@ class Task:
     def metric(self) -> Metric:
         raise NotImplementedError
 
+    def calibrate(self, validation: dict) -> bool:
+        """After training, fix what is chosen on the validation split from its metrics (a decision
+        threshold), before the test split is evaluated. Returns True when the state changed (the
+        pipeline rewrites task.json)."""
+        return False
+
     # -- prediction ---------------------------------------------------------------------------------
 
     def parse(self, raw) -> list[dict]:
