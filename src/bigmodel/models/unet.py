@@ -10,7 +10,9 @@ With ``num_outputs=0`` there is no head: ``forward`` returns per-pixel features 
 W)`` at the input's resolution; with a head, per-pixel logits ``(B, num_outputs, H, W)``.
 
 :class:`UNetDecoder` is the decoder alone, for any backbone with ``feature_maps(x)`` and
-``feature_channels`` (cnn, resnet): the semantic segmentation task builds its model with it.
+``feature_channels`` (cnn, resnet, efficientnet, mobilenet_v2); :class:`SegmentationModel` puts it, a
+full-resolution stem and a 1×1 head on such a backbone (or a head alone on a ``unet``): the semantic
+segmentation task's model.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from bigmodel.models.base import Model, maybe_checkpoint
 from bigmodel.models.registry import Family
 from bigmodel.nn.activations import ACTIVATIONS
 from bigmodel.nn.conv import ConvNormAct
+
+MAX_DECODER_WIDTH = 256  # default decoder widths follow the skips' widths up to this (resnet50's are 2048)
 
 
 def conv_block(in_channels: int, out_channels: int, convs: int, kernel_size: int, norm: str, act: str):
@@ -94,6 +98,75 @@ class UNetDecoder(nn.Module):
                 self.blocks[i], torch.cat([x, skip], dim=1), enabled=self.gradient_checkpointing
             )
         return x
+
+
+class SegmentationModel(nn.Module):
+    """A backbone and a 1×1 conv ``head`` giving per-pixel logits ``(B, classes, H, W)``.
+
+    A per-pixel backbone (``unet``) is used as it is. Any other needs ``feature_maps(x)``: a
+    :class:`UNetDecoder` climbs its maps, the finest skip being a two-conv ``stem`` on the image at
+    full resolution (``stem_channels``). Whatever the stride of the backbone's finest map — 1 or 2
+    for cnn and resnet, 2 for efficientnet and mobilenet_v2, whose first conv has stride 2 — the
+    decoder upsamples each level to its skip's exact size, so with a stem the logits are computed at
+    the image's resolution; without one they are computed at the finest map's and upsampled
+    bilinearly to the image's size.
+
+    Args:
+        backbone: the family built headless (possibly with pretrained weights).
+        num_classes: logits per pixel.
+        in_channels: the image's channels (what the stem reads).
+        decoder_channels: decoder widths, finest first (default: the skips', at most
+            :data:`MAX_DECODER_WIDTH`).
+        stem_channels: width of the full-resolution stem; 0 = none.
+        frozen: the backbone does not train: no gradients, and it stays in eval mode, so its BatchNorm
+            statistics stay too (the stem, decoder and head train).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        in_channels: int,
+        decoder_channels: list[int] | None = None,
+        stem_channels: int = 16,
+        frozen: bool = False,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.stem = self.decoder = None
+        if getattr(backbone, "per_pixel", False):
+            width = backbone.feature_dim
+        else:
+            if stem_channels:
+                self.stem = conv_block(in_channels, stem_channels, 2, 3, "batch", "relu")
+            skips = ([stem_channels] if stem_channels else []) + list(backbone.feature_channels)
+            widths = decoder_channels or [min(c, MAX_DECODER_WIDTH) for c in skips[:-1]]
+            self.decoder = UNetDecoder(skips, widths)
+            width = self.decoder.out_channels
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.frozen = frozen
+        if frozen:
+            backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:  # keep BatchNorm's pretrained statistics and no dropout in the frozen part
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, C, H, W)`` -> logits ``(B, num_classes, H, W)``."""
+        if self.decoder is None:
+            features = self.backbone(x)  # (B, feature_dim, H, W)
+        else:
+            maps = self.backbone.feature_maps(x)  # finest first, at stride 1 or 2, then coarser
+            if self.stem is not None:
+                maps = [self.stem(x), *maps]  # the finest skip at stride 1, whatever the backbone's
+            features = self.decoder(maps)  # (B, widths[0], H_0, W_0)
+        logits = self.head(features)
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
 
 
 @dataclass

@@ -2,47 +2,54 @@
 
 Records hold an image (``data.image``, default ``image``) and a mask (``data.label``, default
 ``mask``): a PNG file or an integer array ``(H, W)`` whose values are class ids, the size of its
-image. Class names come from ``task.classes``, else from the reader (``records.class_names``), else
-the ids found in the train masks name themselves ("0", "1", ...). Pixels equal to
-``task.ignore_index`` (255 by default, as PASCAL VOC marks object borders) are unlabelled: they
-count in neither the loss nor the metrics.
+image (``data/masks.py`` reads, resizes, augments and writes masks). Class names come from
+``task.classes``, else from the reader (``records.class_names``), else the ids found in the train
+masks name themselves ("0", "1", ...). Pixels equal to ``task.ignore_index`` (255 by default, as
+PASCAL VOC marks object borders) are unlabelled: they count in neither the loss nor the metrics.
 
 The model is a ``unet`` (a 1×1 head on its per-pixel features) or any backbone with feature maps
-(cnn, resnet, ...) under a :class:`~bigmodel.models.unet.UNetDecoder` whose finest skip is a small
-full-resolution conv stem on the image. Images and masks are resized to the task's size (masks by
-nearest neighbour) and augmented together from the example RNG. The loss is per-pixel
-cross-entropy summed over labelled pixels, and ``num_items`` counts labelled pixels, so every
-labelled pixel weighs the same whatever its image and however many of its neighbours are
-unlabelled (an image-count would make a half-ignored crop's pixels weigh double). The metric
-streams a confusion matrix: mean IoU, per-class IoU, pixel accuracy and mean class accuracy.
-``predict`` returns the class map at each input's own size with the fraction of pixels per class;
-:func:`save_mask` writes one as a palette PNG.
+(cnn, resnet, efficientnet, mobilenet_v2 — the last two with their ImageNet weights through
+``model.pretrained``, frozen with ``task.freeze_backbone``) under a
+:class:`~bigmodel.models.unet.UNetDecoder` whose finest skip is a small full-resolution conv stem on
+the image, so the logits are computed at the image's own size although a pretrained encoder's
+finest map is at stride 2. Images keep the data's size (``task.image_size`` changes it), also with a
+pretrained encoder: it reads any size, and a checkpoint's centre crop would cut the masks; its
+normalisation is kept. Images and masks are resized to the task's size (masks by nearest neighbour)
+and augmented together from the example RNG. The loss is per-pixel cross-entropy summed over
+labelled pixels, and ``num_items`` counts labelled pixels, so every labelled pixel weighs the same
+whatever its image and however many of its neighbours are unlabelled (an image-count would make a
+half-ignored crop's pixels weigh double). The metric streams a confusion matrix: mean IoU, per-class
+IoU, pixel accuracy and mean class accuracy. ``predict`` returns the class map at each input's own
+size with the fraction of pixels per class; :func:`~bigmodel.data.masks.save_mask` writes one as a
+palette PNG.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from bigmodel.data.images import load_image
+from bigmodel.data.masks import (  # noqa: F401 (save_mask: where users of the task look for it)
+    joint_random_crop,
+    joint_resized_crop,
+    joint_window,
+    load_mask,
+    mask_image,
+    resize_mask,
+    save_mask,
+)
 from bigmodel.data.records import Records
 from bigmodel.data.transforms import color_jitter, resize
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.models.unet import UNetDecoder, conv_block
+from bigmodel.models.unet import MAX_DECODER_WIDTH, SegmentationModel
 from bigmodel.tasks.base import Metric
 from bigmodel.tasks.image import ImageOptions, ImageTask
 
 SEGMENTATION_METRICS = ("loss", "mean_iou", "pixel_accuracy", "mean_accuracy")
-MAX_DECODER_WIDTH = 256  # default decoder widths follow the skips' widths up to this (resnet50's are 2048)
-MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")  # PIL modes that hold one integer per pixel
 
 
 class SegmentationAugment(BaseModel):
@@ -74,6 +81,11 @@ class SegmentationAugment(BaseModel):
 
 
 class SemanticSegmentationOptions(ImageOptions):
+    image_size: int | tuple[int, int] | None = Field(
+        None,
+        description="height and width every image and its mask are resized to (one int: square); default: "
+        "the first training image's, with a pretrained encoder too (it reads any size)",
+    )
     classes: list[str] | None = Field(
         None,
         description="class names by id (0 first); default: the reader's, else the ids in the train masks",
@@ -144,7 +156,7 @@ class SemanticSegmentationTask(ImageTask):
         if not (getattr(model_cls, "per_pixel", False) or hasattr(model_cls, "feature_maps")):
             raise RecipeError(
                 f"model.arch: task {self.name} needs per-pixel outputs (unet) or a backbone with feature "
-                f"maps (cnn, resnet, ...); '{family.name}' has neither."
+                f"maps (cnn, resnet, efficientnet, mobilenet_v2); '{family.name}' has neither."
             )
         per_pixel = getattr(model_cls, "per_pixel", False)
         for key in ("decoder_channels", "stem_channels"):
@@ -166,6 +178,7 @@ class SemanticSegmentationTask(ImageTask):
         self.require_image_column(train)
         train.require(self.mask_column, "data.label")
         self.fit_images(train, self.pretrained)
+        self.image_spec.pop("resize_shorter", None)  # whole images are resized: a crop would cut the masks
         names = self.options.classes or reader_class_names(train) or self._ids_as_names(train)
         self.class_names = [str(name) for name in names]
         ignore = self.options.ignore_index
@@ -189,6 +202,14 @@ class SemanticSegmentationTask(ImageTask):
                 f"task.augment.crop_padding: {aug.crop_padding} must be smaller than the images "
                 f"({height}x{width}), or a crop could hold no labelled pixel."
             )
+
+    def checkpoint_preprocessing(self, pretrained: str | None) -> dict:
+        """A pretrained checkpoint's normalisation and interpolation, not its input size: images keep the
+        data's size (or ``task.image_size``), since a convolutional encoder reads any size and the
+        checkpoint's 224 would upsample 128-pixel scenes for nothing but cost."""
+        wanted = dict(super().checkpoint_preprocessing(pretrained))
+        wanted.pop("input_size", None)
+        return wanted
 
     def _ids_as_names(self, train: Records) -> list[str]:
         """No names given: the ids found in the train masks, 0 to the largest, name themselves."""
@@ -283,7 +304,7 @@ class SemanticSegmentationTask(ImageTask):
         image = load_image(example[self.image_column], "example", self.image_spec["channels"])
         original = tuple(image.shape[-2:])
         size = tuple(self.image_spec["size"])
-        x, y = resize(image, size), None
+        x, y = resize(image, size, self.image_spec.get("interpolation", "bilinear")), None
         if example.get(self.mask_column) is not None:
             mask = self._checked_mask(example[self.mask_column], original, "example")
             y = resize_mask(torch.from_numpy(mask), size)
@@ -379,69 +400,6 @@ def reader_class_names(records: Records) -> list[str] | None:
     return ["background", *categories] if categories else None
 
 
-class SegmentationModel(nn.Module):
-    """A backbone and a 1×1 conv ``head`` giving per-pixel logits ``(B, classes, H, W)``.
-
-    A per-pixel backbone (``unet``) is used as it is. Any other needs ``feature_maps(x)``: a
-    :class:`UNetDecoder` climbs its maps, the finest skip being a two-conv ``stem`` on the image at
-    full resolution (``stem_channels``; without one the logits are upsampled to the image's size).
-
-    Args:
-        backbone: the family built headless.
-        num_classes: logits per pixel.
-        in_channels: the image's channels (what the stem reads).
-        decoder_channels: decoder widths, finest first (default: the skips', at most 256).
-        stem_channels: width of the full-resolution stem; 0 = none.
-        frozen: the backbone does not train (its BatchNorm statistics stay, too).
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        in_channels: int,
-        decoder_channels: list[int] | None = None,
-        stem_channels: int = 16,
-        frozen: bool = False,
-    ):
-        super().__init__()
-        self.backbone = backbone
-        self.stem = self.decoder = None
-        if getattr(backbone, "per_pixel", False):
-            width = backbone.feature_dim
-        else:
-            if stem_channels:
-                self.stem = conv_block(in_channels, stem_channels, 2, 3, "batch", "relu")
-            skips = ([stem_channels] if stem_channels else []) + list(backbone.feature_channels)
-            widths = decoder_channels or [min(c, MAX_DECODER_WIDTH) for c in skips[:-1]]
-            self.decoder = UNetDecoder(skips, widths)
-            width = self.decoder.out_channels
-        self.head = nn.Conv2d(width, num_classes, 1)
-        self.frozen = frozen
-        if frozen:
-            backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen:  # keep BatchNorm's pretrained statistics and no dropout in the frozen part
-            self.backbone.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, C, H, W)`` -> logits ``(B, num_classes, H, W)``."""
-        if self.decoder is None:
-            features = self.backbone(x)  # (B, feature_dim, H, W)
-        else:
-            maps = self.backbone.feature_maps(x)  # finest first, at strides 1-4 and coarser
-            if self.stem is not None:
-                maps = [self.stem(x), *maps]
-            features = self.decoder(maps)  # (B, widths[0], H_0, W_0)
-        logits = self.head(features)
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
-
-
 # --- metric ----------------------------------------------------------------------------------------
 
 
@@ -508,160 +466,3 @@ def segmentation_metrics(confusion: np.ndarray, class_names: list[str]) -> dict:
         ],  # fmt: skip
         "confusion_matrix": confusion.tolist(),
     }
-
-
-# --- masks -----------------------------------------------------------------------------------------
-
-
-def load_mask(value, where: str) -> np.ndarray:
-    """A mask as class ids ``(H, W)`` int64.
-
-    Args:
-        value: a PNG (or other lossless image) path or its bytes, a ``PIL.Image`` with one integer per
-            pixel (grey, palette — its indices are the ids — or 16-bit), or an integer/boolean array
-            ``(H, W)`` (also ``(1, H, W)`` or ``(H, W, 1)``).
-        where: how messages name it.
-    """
-    if isinstance(value, (str, Path)):
-        try:
-            value = Path(value).read_bytes()
-        except FileNotFoundError:
-            raise DataError(f"{where}: mask file not found: '{value}'.") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(
-                f"{where}: cannot read '{value}': {getattr(exc, 'strerror', None) or exc}."
-            ) from None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        value = _decode_mask(bytes(value), where)
-    if isinstance(value, Image.Image):
-        if value.mode not in MASK_MODES:
-            raise DataError(
-                f"{where}: a {value.mode} image is not a mask; a mask holds one class id per pixel (a grey, "
-                "palette or 16-bit PNG), not colours."
-            )
-        value = np.asarray(value)
-    if not isinstance(value, (np.ndarray, torch.Tensor, list, tuple)):
-        raise DataError(
-            f"{where}: {type(value).__name__} is not a mask; give a PNG path, PNG bytes or an integer array "
-            "(H, W)."
-        )
-    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-        array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:2])
-    if array.ndim != 2 or min(array.shape) < 1:
-        raise DataError(f"{where}: a mask must be an array (H, W) of class ids; got shape {array.shape}.")
-    if array.dtype == np.bool_:
-        return array.astype(np.int64)
-    if not np.issubdtype(array.dtype, np.integer):
-        floats = np.issubdtype(array.dtype, np.floating)
-        if not (floats and np.isfinite(array).all() and (array == np.round(array)).all()):
-            raise DataError(
-                f"{where}: a mask holds whole class ids; found dtype {array.dtype} with other values."
-            )
-    if array.min() < 0:
-        raise DataError(f"{where}: a mask holds class ids >= 0; found {int(array.min())}.")
-    return array.astype(np.int64)
-
-
-def _decode_mask(data: bytes, where: str) -> Image.Image:
-    if not data:
-        raise DataError(f"{where}: the mask is empty (0 bytes).")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()  # decode now: a truncated file fails here, not mid-training
-    except UnidentifiedImageError:
-        raise DataError(f"{where}: the mask is not an image Pillow can decode; give a PNG.") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{where}: the mask is too large to decode safely; refused.") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{where}: the mask image is damaged and cannot be decoded ({exc}).") from None
-    return image
-
-
-def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Class ids ``(H, W)`` -> ``(*size)`` long, by nearest neighbour (pixel centres: no half-pixel shift)."""
-    if tuple(mask.shape[-2:]) == tuple(size):
-        return mask.long()
-    resized = F.interpolate(mask[None, None].float(), size=tuple(size), mode="nearest-exact")
-    return resized[0, 0].long()
-
-
-def joint_random_crop(x: torch.Tensor, y: torch.Tensor, padding: int, ignore: int, rng: np.random.Generator):
-    """Pad the image with zeros and the mask with ``ignore`` (unlabelled), then crop both back to their size
-    at one random position."""
-    h, w = y.shape
-    x = F.pad(x, (padding,) * 4)
-    y = F.pad(y, (padding,) * 4, value=ignore)
-    top, left = int(rng.integers(0, 2 * padding + 1)), int(rng.integers(0, 2 * padding + 1))
-    return x[:, top : top + h, left : left + w], y[top : top + h, left : left + w]
-
-
-def joint_window(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], rng: np.random.Generator):
-    """The same random ``size`` window of image and mask (no resizing)."""
-    h, w = y.shape
-    top, left = int(rng.integers(0, h - size[0] + 1)), int(rng.integers(0, w - size[1] + 1))
-    return x[:, top : top + size[0], left : left + size[1]], y[top : top + size[0], left : left + size[1]]
-
-
-def joint_resized_crop(x, y, size, rng: np.random.Generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)):
-    """One random window (``scale`` of the area, aspect ``ratio`` log-uniform) of image and mask, resized
-    back to ``size``: the image bilinearly, the mask by nearest neighbour. After 10 misses, unchanged."""
-    h, w = y.shape
-    for _ in range(10):
-        area = h * w * rng.uniform(*scale)
-        aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
-        ch, cw = round((area / aspect) ** 0.5), round((area * aspect) ** 0.5)
-        if 0 < ch <= h and 0 < cw <= w:
-            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            window = (slice(top, top + ch), slice(left, left + cw))
-            return resize(x[(slice(None), *window)], size), resize_mask(y[window], size)
-    return x, y
-
-
-def palette(n: int = 256) -> list[int]:
-    """``n`` RGB colours, flat, as PASCAL VOC colours its class maps: class 0 black, and the bits of each
-    id spread over the high bits of red, green and blue so that neighbouring ids differ clearly."""
-    colours = []
-    for i in range(n):
-        r = g = b = 0
-        for j in range(8):
-            r |= ((i >> (3 * j)) & 1) << (7 - j)
-            g |= ((i >> (3 * j + 1)) & 1) << (7 - j)
-            b |= ((i >> (3 * j + 2)) & 1) << (7 - j)
-        colours += [r, g, b]
-    return colours
-
-
-def mask_image(ids: np.ndarray, where: str = "mask") -> Image.Image:
-    """Class ids ``(H, W)`` as a palette image: pixel values are the ids, colours from :func:`palette`."""
-    ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() > 255):
-        raise DataError(
-            f"{where}: class ids {int(ids.min())}..{int(ids.max())} do not fit a palette PNG (0-255)."
-        )
-    image = Image.frombytes("P", (ids.shape[1], ids.shape[0]), ids.astype(np.uint8).tobytes())
-    image.putpalette(palette())
-    return image
-
-
-def save_mask(prediction, path: str | Path) -> Path:
-    """Write a class map as a palette PNG (pixel values are the class ids, so it reads back exactly).
-
-    Args:
-        prediction: one result of ``predict`` (its ``mask``), or a class map (image or ids ``(H, W)``).
-        path: a ``.png`` file (its folder must exist).
-    """
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise DataError(f"save_mask: '{path}' must end in .png (a palette PNG keeps the class ids exactly).")
-    mask = prediction["mask"] if isinstance(prediction, dict) else prediction
-    image = mask_image(load_mask(mask, "save_mask"), "save_mask")
-    try:
-        image.save(path, format="PNG")
-    except OSError as exc:
-        raise DataError(
-            f"save_mask: cannot write '{path}': {getattr(exc, 'strerror', None) or exc}."
-        ) from None
-    return path
