@@ -33,6 +33,7 @@ FAMILY_MODULES: dict[str, str] = {
     "unet": "unet",
     "efficientnet": "efficientnet",
     "mobilenet_v2": "mobilenet_v2",
+    "diffusion_unet": "diffusion_unet",
 }
 
 

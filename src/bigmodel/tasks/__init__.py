@@ -14,6 +14,7 @@ from bigmodel.tasks.causal_lm import CausalLMTask
 from bigmodel.tasks.classification import ClassificationTask
 from bigmodel.tasks.face_verification import FaceVerificationTask
 from bigmodel.tasks.image_classification import ImageClassificationTask
+from bigmodel.tasks.image_generation import ImageGenerationTask
 from bigmodel.tasks.masked_lm import MaskedLMTask
 from bigmodel.tasks.question_answering import QuestionAnsweringTask
 from bigmodel.tasks.regression import RegressionTask
@@ -36,6 +37,7 @@ TASKS: dict[str, type[Task]] = {
     "image_classification": ImageClassificationTask,
     "semantic_segmentation": SemanticSegmentationTask,
     "face_verification": FaceVerificationTask,
+    "image_generation": ImageGenerationTask,
 }
 
 
