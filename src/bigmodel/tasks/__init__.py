@@ -16,6 +16,7 @@ from bigmodel.tasks.face_verification import FaceVerificationTask
 from bigmodel.tasks.image_classification import ImageClassificationTask
 from bigmodel.tasks.image_generation import ImageGenerationTask
 from bigmodel.tasks.masked_lm import MaskedLMTask
+from bigmodel.tasks.object_detection import ObjectDetectionTask
 from bigmodel.tasks.question_answering import QuestionAnsweringTask
 from bigmodel.tasks.regression import RegressionTask
 from bigmodel.tasks.semantic_role_labeling import SemanticRoleLabelingTask
@@ -38,6 +39,7 @@ TASKS: dict[str, type[Task]] = {
     "semantic_segmentation": SemanticSegmentationTask,
     "face_verification": FaceVerificationTask,
     "image_generation": ImageGenerationTask,
+    "object_detection": ObjectDetectionTask,
 }
 
 
