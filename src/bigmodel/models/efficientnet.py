@@ -26,13 +26,12 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
-from bigmodel.models.base import Model, maybe_checkpoint
 from bigmodel.models.mobilenet_v2 import (
     ConvBNAct,
     InvertedResidual,
+    InvertedResidualNet,
     conv_bn_keys,
     example_image,
     init_weights,
@@ -125,7 +124,7 @@ def _block_plan(config: EfficientNetConfig) -> Iterator[tuple[int, int, int, int
             in_channels, index = out_channels, index + 1
 
 
-class EfficientNet(Model):
+class EfficientNet(InvertedResidualNet):
     """Stem → MBConv ``blocks`` → 1×1 ``last_conv`` → global average pool → dropout → linear ``head``
     (absent with ``num_outputs=0``)."""
 
@@ -140,11 +139,7 @@ class EfficientNet(Model):
             for index, i, o, s, t, k in plan
         )
         self.last_conv = ConvBNAct(plan[-1][2], c.head_width, 1, **conv)
-        # feature_maps taps the last block before each stride-2 block, and the last conv
-        strides = [stride for _, _, out, stride, _, _ in plan] + [2]
-        outs = [out for _, _, out, stride, _, _ in plan]
-        self._taps = [i for i in range(len(plan)) if strides[i + 1] == 2 and i < len(plan) - 1]
-        self._tap_channels = [outs[i] for i in self._taps]
+        self._set_taps([(out, stride) for _, _, out, stride, _, _ in plan])
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.head_width, c.num_outputs) if c.num_outputs else None
         init_weights(self)
@@ -153,34 +148,6 @@ class EfficientNet(Model):
     def feature_dim(self) -> int:
         """Width of the pooled features: the last 1×1 conv's channels."""
         return self.config.head_width
-
-    @property
-    def feature_channels(self) -> list[int]:
-        """Channels of each map :meth:`feature_maps` returns."""
-        return [*self._tap_channels, self.feature_dim]
-
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The last map at each resolution (strides 2, 4, 8, 16; then the 1×1 last conv's at 32),
-        finest first, for dense heads (detection, segmentation)."""
-        if x.dim() == 3:  # (B, H, W) grey images -> (B, 1, H, W)
-            x = x.unsqueeze(1)
-        x = self.stem(x)  # (B, stem, H/2, W/2)
-        maps = []
-        for i, block in enumerate(self.blocks):  # the stride-2 stages halve H and W: H/32 at the end
-            x = maybe_checkpoint(block, x, enabled=self.config.gradient_checkpointing)
-            if i in self._taps:
-                maps.append(x)
-        return [*maps, self.last_conv(x)]
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features before dropout and the head, ``(B, feature_dim)``."""
-        return self.feature_maps(x)[-1].mean(dim=(2, 3))  # global average pool -> (B, feature_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_outputs)``, or the pooled features after dropout ``(B, feature_dim)``
-        without a head."""
-        x = self.drop(self.features(x))
-        return x if self.head is None else self.head(x)
 
 
 # (width_mult, depth_mult, dropout, resolution) of the published Lite variants; the resolution is the

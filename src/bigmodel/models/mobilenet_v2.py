@@ -218,31 +218,19 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class MobileNetV2(Model):
-    """Stem → inverted residual ``blocks`` → 1×1 ``last_conv`` → global average pool → dropout → linear
-    ``head`` (absent with ``num_outputs=0``)."""
+class InvertedResidualNet(Model):
+    """What MobileNetV2 and EfficientNet-Lite share once built: ``stem`` → inverted residual ``blocks``
+    → 1×1 ``last_conv`` → global average pool → dropout → ``head``; ``_taps`` are the blocks whose
+    output ends a resolution (set by the subclass from its block plan)."""
 
-    def __init__(self, config: MobileNetV2Config):
-        super().__init__(config)
-        c = config
-        norm = {"norm_eps": c.norm_eps, "norm_momentum": c.norm_momentum}
-        self.stem = ConvBNAct(c.input_shape[0], make_divisible(c.stem_width * c.width_mult), 3, 2, **norm)
-        plan = list(_block_plan(c))
-        self.blocks = nn.ModuleList(InvertedResidual(i, o, s, t, **norm) for _, i, o, s, t in plan)
-        self.last_conv = ConvBNAct(plan[-1][2], self.feature_dim, 1, **norm)
-        # feature_maps taps the last block before each stride-2 block, and the last conv
-        strides = [stride for _, _, out, stride, _ in plan] + [2]
-        outs = [out for _, _, out, stride, _ in plan]
-        self._taps = [i for i in range(len(plan)) if strides[i + 1] == 2 and i < len(plan) - 1]
-        self._tap_channels = [outs[i] for i in self._taps]
-        self.drop = nn.Dropout(c.dropout)
-        self.head = nn.Linear(self.feature_dim, c.num_outputs) if c.num_outputs else None
-        init_weights(self)
+    _taps: list[int]
+    _tap_channels: list[int]
 
-    @property
-    def feature_dim(self) -> int:
-        """Width of the pooled features: the last 1×1 conv's channels."""
-        return make_divisible(self.config.head_width * max(1.0, self.config.width_mult))
+    def _set_taps(self, plan: list[tuple[int, int]]) -> None:
+        """From each block's ``(out_channels, stride)``: tap the last block before every stride-2
+        block (the last block's map goes through ``last_conv`` first)."""
+        self._taps = [i for i in range(len(plan) - 1) if plan[i + 1][1] == 2]
+        self._tap_channels = [plan[i][0] for i in self._taps]
 
     @property
     def feature_channels(self) -> list[int]:
@@ -271,6 +259,29 @@ class MobileNetV2(Model):
         without a head."""
         x = self.drop(self.features(x))
         return x if self.head is None else self.head(x)
+
+
+class MobileNetV2(InvertedResidualNet):
+    """Stem → inverted residual ``blocks`` → 1×1 ``last_conv`` → global average pool → dropout → linear
+    ``head`` (absent with ``num_outputs=0``)."""
+
+    def __init__(self, config: MobileNetV2Config):
+        super().__init__(config)
+        c = config
+        norm = {"norm_eps": c.norm_eps, "norm_momentum": c.norm_momentum}
+        self.stem = ConvBNAct(c.input_shape[0], make_divisible(c.stem_width * c.width_mult), 3, 2, **norm)
+        plan = list(_block_plan(c))
+        self.blocks = nn.ModuleList(InvertedResidual(i, o, s, t, **norm) for _, i, o, s, t in plan)
+        self.last_conv = ConvBNAct(plan[-1][2], self.feature_dim, 1, **norm)
+        self._set_taps([(out, stride) for _, _, out, stride, _ in plan])
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(self.feature_dim, c.num_outputs) if c.num_outputs else None
+        init_weights(self)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pooled features: the last 1×1 conv's channels."""
+        return make_divisible(self.config.head_width * max(1.0, self.config.width_mult))
 
 
 def example_image(config, batch_size: int = 2) -> tuple[torch.Tensor]:
