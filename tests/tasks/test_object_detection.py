@@ -17,7 +17,7 @@ from PIL import Image
 import bigmodel
 from bigmodel.data import scenes
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.nn.detection import decode, heatmap_target
+from bigmodel.nn.detection import decode, heatmap_target, merge_mirrored
 from bigmodel.tasks.object_detection import draw
 
 TASK = "bigmodel.tasks.object_detection:ObjectDetectionTask"
@@ -268,3 +268,33 @@ def test_a_frozen_backbone_keeps_its_weights_and_statistics(tmp_path):
     files = {"train": tmp_path / "train.jsonl", "test": tmp_path / "test.jsonl"}
     with pytest.raises(RecipeError, match="task.freeze_backbone: only a pretrained backbone"):
         bigmodel.load_recipe(recipe(files, freeze_backbone=True))
+
+
+def perfect_outputs(
+    boxes: torch.Tensor, labels: torch.Tensor, classes: int, h: int, w: int, stride: int
+) -> dict:
+    """What a perfect head outputs for ``boxes``: confident peaks at the centre cells, exact distances."""
+    heat = heatmap_target(boxes, labels, classes, h, w, stride, stride)
+    cell = ((boxes[:, :2] + boxes[:, 2:]) / 2 / stride).floor()  # (col, row)
+    point = (cell + 0.5) * stride
+    box = torch.zeros(1, 4, h, w)
+    box[0, :, cell[:, 1].long(), cell[:, 0].long()] = (
+        (torch.cat([point - boxes[:, :2], boxes[:, 2:] - point], 1) / stride).log().t()
+    )
+    return {"heatmap": torch.where(heat == 1, 5.0, -5.0)[None], "box": box}
+
+
+def test_test_time_flip_merges_an_image_with_its_mirror():
+    boxes = torch.tensor([[3.0, 5.0, 23.0, 20.0], [22.0, 26.0, 45.0, 41.0]])  # centres off cell borders
+    labels = torch.tensor([0, 1])
+    mirrored_boxes = torch.stack([48 - boxes[:, 2], boxes[:, 1], 48 - boxes[:, 0], boxes[:, 3]], 1)
+    outputs = perfect_outputs(boxes, labels, 2, 12, 12, 4)
+    mirrored = perfect_outputs(mirrored_boxes, labels, 2, 12, 12, 4)
+    merged = merge_mirrored(outputs, mirrored)
+    found, scores, classes = decode(merged, (48, 48), 10, None)[0]
+    keep = scores > 0.5
+    assert sorted(classes[keep].tolist()) == [0, 1]
+    order = classes[keep].argsort()
+    assert torch.allclose(found[keep][order], boxes, atol=1e-4)
+    wrong = merge_mirrored(outputs, outputs)  # an unmirrored "mirror" disagrees: no confident box
+    assert decode(wrong, (48, 48), 10, None)[0][1].max() < 0.6

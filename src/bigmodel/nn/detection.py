@@ -226,6 +226,18 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # --- decoding ------------------------------------------------------------------------------------------
 
 
+def merge_mirrored(
+    outputs: dict[str, torch.Tensor], mirrored: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Test-time flip: the outputs for an image and for its mirror image merged into one set —
+    heatmap probabilities averaged (returned as logits), box log-distances averaged with the mirror's
+    left and right swapped. Cell ``c`` of the mirror is cell ``w - 1 - c`` of the image, whose centre
+    point ``(c + 0.5) W / w`` mirrors exactly."""
+    heat = (outputs["heatmap"].float().sigmoid() + mirrored["heatmap"].float().flip(-1).sigmoid()) / 2
+    box = (outputs["box"].float() + mirrored["box"].float().flip(-1)[:, [2, 1, 0, 3]]) / 2
+    return {"heatmap": torch.logit(heat, eps=1e-6), "box": box}
+
+
 @torch.no_grad()
 def decode(
     outputs: dict[str, torch.Tensor], input_size, max_detections: int = 100, nms_iou: float | None = None

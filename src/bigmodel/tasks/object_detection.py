@@ -31,7 +31,7 @@ from bigmodel.data.transforms import color_jitter, resize
 from bigmodel.data.values import class_name
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 from bigmodel.evaluation.detection import DetectionTally
-from bigmodel.nn.detection import DetectionModel, centernet_loss, decode, output_level
+from bigmodel.nn.detection import DetectionModel, centernet_loss, decode, merge_mirrored, output_level
 from bigmodel.tasks.base import Metric
 from bigmodel.tasks.image import ImageOptions, ImageTask
 
@@ -63,6 +63,9 @@ class ObjectDetectionOptions(ImageOptions):
     max_detections: int = Field(100, ge=1, description="detections kept per image (COCO scores 100)")
     nms_iou: float | None = Field(
         0.6, gt=0.0, le=1.0, description="class-aware NMS after peak picking (null: peaks only)"
+    )
+    flip_test: bool = Field(
+        False, description="evaluate and predict on each image and its mirror image, outputs merged (2x cost)"
     )
     score_threshold: float = Field(
         0.3, ge=0.0, le=1.0, description="predict returns boxes scoring at least this (evaluation keeps all)"
@@ -264,7 +267,10 @@ class ObjectDetectionTask(ImageTask):
         return batch
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        return model(batch["x"])
+        outputs = model(batch["x"])
+        if self.options.flip_test and not model.training:
+            outputs = merge_mirrored(outputs, model(batch["x"].flip(-1)))
+        return outputs
 
     def check_outputs(self, outputs, batch: dict) -> None:
         k = len(self.categories)
