@@ -41,7 +41,7 @@ from bigmodel.data.transforms import color_jitter, random_crop, random_flip, ran
 from bigmodel.data.values import class_name
 from bigmodel.errors import DataError, RecipeError, UserError
 from bigmodel.nn.margin import ArcMarginHead
-from bigmodel.tasks.base import LabelOptions, Metric, check_targets, clean_missing_labels, label_column
+from bigmodel.tasks.base import LabelOptions, Metric, check_targets, label_column
 from bigmodel.tasks.classification import Labels
 from bigmodel.tasks.image import ImageOptions, ImageTask
 from bigmodel.tasks.image_classification import AugmentOptions
@@ -138,12 +138,7 @@ class FaceVerificationTask(ImageTask):
             )
 
     def clean(self, records: Records, split: str) -> Records:
-        records, notes = clean_missing_labels(self.data, records, split, self.options.missing_labels)
-        self._notes = getattr(self, "_notes", []) + notes
-        return records
-
-    def notes(self) -> list[str]:
-        return getattr(self, "_notes", [])
+        return self.drop_missing_labels(records, split)
 
     def fit(self, train: Records) -> None:
         label = label_column(self.data, train)

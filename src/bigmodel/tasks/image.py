@@ -24,7 +24,7 @@ from bigmodel.data.transforms import (
 )
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Task, is_data_file, read_inputs
+from bigmodel.tasks.base import Task, clean_missing_labels, is_data_file, read_inputs
 
 STATS_SAMPLE = 2000  # images the per-channel mean/std is measured on (evenly spaced over train)
 
@@ -62,6 +62,7 @@ class ImageTask(Task):
     def __init__(self, options, data: dict):
         super().__init__(options, data)
         self.image_spec: dict = {}  # size (h, w), channels, mean, std: fitted on train or the checkpoint
+        self._notes: list[str] = []
 
     @classmethod
     def from_recipe(cls, recipe):
@@ -98,6 +99,16 @@ class ImageTask(Task):
                 f"data.image: column '{self.image_column}' is not in {records.where}. Columns: "
                 f"{', '.join(records.columns)}.{did_you_mean(self.image_column, records.columns)}"
             )
+
+    def drop_missing_labels(self, records: Records, split: str) -> Records:
+        """Refuse rows whose label is missing, naming them, or (``task.missing_labels: drop``) leave them
+        out with a note in data.json."""
+        records, notes = clean_missing_labels(self.data, records, split, self.options.missing_labels)
+        self._notes += notes
+        return records
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
 
     def fit_images(self, train: Records, pretrained: str | None = None) -> None:
         """Size and channels from the options, the checkpoint or the first image; mean/std measured.

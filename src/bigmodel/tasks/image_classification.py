@@ -15,7 +15,7 @@ from torch import nn
 from bigmodel.data.records import Records
 from bigmodel.data.transforms import color_jitter, random_crop, random_flip, random_resized_crop
 from bigmodel.errors import RecipeError
-from bigmodel.tasks.base import LabelOptions, check_targets, clean_missing_labels, label_column
+from bigmodel.tasks.base import LabelOptions, check_targets, label_column
 from bigmodel.tasks.classification import Labels, SingleLabel
 from bigmodel.tasks.heads import FeatureModel
 from bigmodel.tasks.image import ImageOptions, ImageTask
@@ -58,12 +58,7 @@ class ImageClassificationTask(SingleLabel, ImageTask):
             )
 
     def clean(self, records: Records, split: str) -> Records:
-        records, notes = clean_missing_labels(self.data, records, split, self.options.missing_labels)
-        self._notes = getattr(self, "_notes", []) + notes
-        return records
-
-    def notes(self) -> list[str]:
-        return getattr(self, "_notes", [])
+        return self.drop_missing_labels(records, split)
 
     def fit(self, train: Records) -> None:
         label = label_column(self.data, train)

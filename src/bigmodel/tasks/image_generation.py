@@ -61,7 +61,6 @@ from bigmodel.tasks.base import (
     LabelOptions,
     Metric,
     check_targets,
-    clean_missing_labels,
     is_data_file,
     read_inputs,
 )
@@ -315,8 +314,7 @@ class ImageGenerationTask(ImageTask):
 
     def clean(self, records: Records, split: str) -> Records:
         if self.conditional:
-            records, notes = clean_missing_labels(self.data, records, split, self.options.missing_labels)
-            self._notes = getattr(self, "_notes", []) + notes
+            records = self.drop_missing_labels(records, split)
         if split == "train":
             return records
         n = self.options.eval_examples
@@ -325,9 +323,6 @@ class ImageGenerationTask(ImageTask):
         judged = self.options.judge is not None and split in self.options.judge_splits
         sampled = set(_evenly_spaced(len(records), self.options.judge_samples).tolist()) if judged else set()
         return _EvalRecords(records, judged, sampled)
-
-    def notes(self) -> list[str]:
-        return getattr(self, "_notes", [])
 
     def strata(self, records: Records):
         label = self.data.get("label") or "label"
