@@ -22,7 +22,7 @@ from torch import nn
 
 from bigmodel.data.records import Records
 from bigmodel.data.sources import load_source
-from bigmodel.data.values import clean_labels
+from bigmodel.data.values import class_name, clean_labels
 from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
 
 TASK_FORMAT = 1  # task.json's format version
@@ -205,6 +205,28 @@ class Task:
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         raise NotImplementedError
 
+    def input_schema(self) -> dict:
+        """The JSON Schema (the draft 2020-12 subset OpenAPI 3.1 uses) of ONE input record as a JSON
+        client sends it to :meth:`parse`: the fields ``parse`` reads, named as in the fitted data
+        (``self.data["text"]``, ...), ``required``, and ``additionalProperties: false``.
+
+        Fields carry ``x-bigmodel-kind`` (``text``, ``number``, ``category``, ``image``, ...) for a form
+        builder. Image fields are base64 strings (``contentEncoding: base64``) that the server decodes to
+        ``bytes`` before ``parse``, so a remote client never names a file on the server. A user's task
+        without a schema of its own accepts any record (``{"type": "object"}``)."""
+        return {"type": "object", "description": f"a record as task {self.name or type(self).__name__} "
+                "reads it (this task declares no schema of its own)"}  # fmt: skip
+
+    def report_rows(self, records, predictions: list[dict]) -> list[dict] | None:
+        """Examples for the HTML report: per record ``{"input": str | PIL.Image.Image, "truth": str |
+        None, "prediction": str, "correct": bool | None}``, or None when the task shows none.
+
+        Args:
+            records: a split's raw records (with their labels), in order.
+            predictions: what :meth:`predict` returned for those records, in the same order.
+        """
+        return None
+
 
 # --- helpers every task uses ------------------------------------------------------------------------
 
@@ -230,6 +252,38 @@ def parse_options(cls: type[Task], options: Mapping[str, Any]) -> BaseModel:
                     f"task.{key}: {msg} (got {err.get('input')!r}).{did_you_mean(err.get('input'), choices)}"
                 )
         raise RecipeError(" ".join(errors)) from None
+
+
+def record_schema(properties: dict, required: list[str], description: str = "", **more) -> dict:
+    """The JSON Schema of one input record: these ``properties`` (field -> schema), the ``required``
+    ones, and nothing else (``additionalProperties: false``); ``more`` adds keywords (``oneOf``)."""
+    schema = {"type": "object", "properties": properties, "required": list(required),
+              "additionalProperties": False, **more}  # fmt: skip
+    return {**schema, "description": description} if description else schema
+
+
+def number_field(description: str, integer: bool = False, nullable: bool = False, **more) -> dict:
+    """A number (or an integer) field; ``nullable``: ``null`` is accepted too (an unknown value)."""
+    kind = "integer" if integer else "number"
+    return {"type": [kind, "null"] if nullable else kind, "x-bigmodel-kind": "number",
+            "description": description, **more}  # fmt: skip
+
+
+def category_field(names: list[str], description: str, nullable: bool = False) -> dict:
+    """One of the fitted class or category ``names`` (strings); ``nullable``: or ``null``."""
+    enum = [*names, None] if nullable else list(names)
+    return {"type": ["string", "null"] if nullable else "string", "enum": enum, "x-bigmodel-kind": "category",
+            "description": description}  # fmt: skip
+
+
+def label_report_row(task, record: Mapping, prediction: dict, shown) -> dict:
+    """A report row of a single-label task: ``shown`` (the input), the record's class (if it has the
+    label column), the predicted ``label`` and whether they agree."""
+    label = task.data.get("label") or "label"
+    truth = class_name(record[label]) if label in record else None
+    predicted = str(prediction["label"])
+    return {"input": shown, "truth": truth, "prediction": predicted,
+            "correct": None if truth is None else truth == predicted}  # fmt: skip
 
 
 class Inputs(NamedTuple):

@@ -60,8 +60,8 @@ from bigmodel.data.tokenizers import TextTokenizer, TokenizerError, load_tokeniz
 from bigmodel.errors import DataError, RecipeError, UserError
 from bigmodel.models.generate import process_logits
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Metric, is_data_file, parse_records
-from bigmodel.tasks.text import TextTask, load_pretrained, pretrained_folder
+from bigmodel.tasks.base import Metric, is_data_file, parse_records, record_schema
+from bigmodel.tasks.text import TextTask, load_pretrained, pretrained_folder, text_field
 
 TOKENIZERS = ("char", "word", "bpe", "gpt2")
 UNK, EOS = "<unk>", "<eos>"  # the char and word tokenizers' special tokens (the Penn Treebank's names)
@@ -485,6 +485,18 @@ class CausalLMTask(TextTask):
                     got = f"no '{column}' key"
                 raise DataError(f"inputs: row {i + 1}: the prompt must be a non-empty string, got {got}.")
         return [{column: row[column]} for row in rows]
+
+    def input_schema(self) -> dict:
+        """A prompt to continue (any non-empty string: spaces and newlines are text too)."""
+        column = self.options.prompt
+        return record_schema({column: text_field("the text to continue", blank=True)}, [column], "a prompt")
+
+    def report_rows(self, records, predictions: list[dict]) -> list[dict]:
+        """Per prompt: the prompt, the sampled continuation and, for prompt-response records, the
+        response as the reference (sampled text is never right or wrong: ``correct`` is None)."""
+        prompt, response = self.options.prompt, self.options.response
+        return [{"input": r.get(prompt, p["prompt"]), "truth": r.get(response), "prediction": p["text"],
+                 "correct": None} for r, p in zip(records, predictions, strict=True)]  # fmt: skip
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         """Per prompt: ``{"prompt", "text"}``, the sampled continuation (without the prompt)."""

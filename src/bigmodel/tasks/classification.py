@@ -9,7 +9,7 @@ from pydantic import Field
 from bigmodel.data.values import class_name
 from bigmodel.errors import DataError
 from bigmodel.evaluation.metrics import classification_metrics
-from bigmodel.tasks.base import LabelOptions, Metric
+from bigmodel.tasks.base import LabelOptions, Metric, label_report_row
 from bigmodel.tasks.tabular import TabularTask
 
 CLASSIFICATION_METRICS = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
@@ -137,6 +137,11 @@ class ClassificationTask(SingleLabel, TabularTask):
 
     def encode_target(self, value) -> int:
         return self.labels.index(value)
+
+    def report_rows(self, records, predictions: list[dict]) -> list[dict]:
+        """Per row: its features as ``name=value, ...``, its class, the predicted one, whether they agree."""
+        return [label_report_row(self, r, p, self.report_row_input(r))
+                for r, p in zip(records, predictions, strict=True)]  # fmt: skip
 
 
 def probabilities(logits: torch.Tensor, names: list[str]) -> list[dict]:

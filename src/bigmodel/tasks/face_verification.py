@@ -41,7 +41,7 @@ from bigmodel.data.transforms import color_jitter, random_crop, random_flip, ran
 from bigmodel.data.values import class_name
 from bigmodel.errors import DataError, RecipeError, UserError
 from bigmodel.nn.margin import ArcMarginHead
-from bigmodel.tasks.base import LabelOptions, Metric, check_targets, label_column
+from bigmodel.tasks.base import LabelOptions, Metric, check_targets, label_column, record_schema
 from bigmodel.tasks.classification import Labels
 from bigmodel.tasks.image import ImageOptions, ImageTask
 from bigmodel.tasks.image_classification import AugmentOptions
@@ -309,6 +309,14 @@ class FaceVerificationTask(ImageTask):
                     record[self.pair_column], f"inputs: record {i + 1}, column '{self.pair_column}'"
                 )
         return records
+
+    def input_schema(self) -> dict:
+        """A face (predict returns its embedding) and, when the run has a same/different threshold, a
+        second face to compare it with (predict returns same, score and threshold)."""
+        fields = {self.image_column: self.image_field("a face")}
+        if self.decision_threshold()[0] is not None:
+            fields[self.pair_column] = self.image_field("a second face: is it the same person?")
+        return record_schema(fields, [self.image_column], "a face, or two faces to compare")
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         z = self.forward(model, batch).cpu()

@@ -24,7 +24,7 @@ from bigmodel.data.transforms import (
 )
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Task, clean_missing_labels, is_data_file, read_inputs
+from bigmodel.tasks.base import Task, clean_missing_labels, is_data_file, read_inputs, record_schema
 
 STATS_SAMPLE = 2000  # images the per-channel mean/std is measured on (evenly spaced over train)
 
@@ -240,6 +240,26 @@ class ImageTask(Task):
             self.load(record, name)  # refuse what cannot be read, naming it
         return records
 
+    def input_schema(self) -> dict:
+        """One image (base64 of its encoded file) in the image column."""
+        return record_schema(
+            {self.image_column: self.image_field("the image")}, [self.image_column], "an image"
+        )
+
+    def image_field(self, description: str) -> dict:
+        """The JSON Schema of an image field: the base64 text of an encoded image file (PNG, JPEG, ...),
+        which the server decodes to bytes; the model's size and channels say what it becomes."""
+        size, channels = list(self.image_spec["size"]), self.image_spec["channels"]
+        colour = "grey" if channels == 1 else "RGB"
+        return {"type": "string", "minLength": 1, "contentEncoding": "base64", "contentMediaType": "image/*",
+                "x-bigmodel-kind": "image", "x-bigmodel-image": {"size": size, "channels": channels},
+                "description": f"{description}: an image file (PNG, JPEG, ...) in base64, read as {colour} "
+                f"and resized to {size[0]}x{size[1]}"}  # fmt: skip
+
+    def report_image(self, record: Mapping):
+        """The record's image as a PIL image (its own size, the task's channels) for the HTML report."""
+        return to_pil(load_image(record[self.image_column], "report", self.image_spec["channels"]))
+
     def _image_list(self, raw) -> list:
         if isinstance(raw, (np.ndarray, torch.Tensor)):
             # (N, C, H, W), or (N, H, W) grey images of the trained size; else one image
@@ -259,6 +279,14 @@ class ImageTask(Task):
                 "records."
             )
         return [raw]
+
+
+def to_pil(x: torch.Tensor):
+    """A ``(C, H, W)`` image in [0, 1] (C 1 or 3) as an 8-bit PIL image (values outside are clipped)."""
+    from PIL import Image
+
+    pixels = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
 def _input_name(image, i: int, n: int) -> str:

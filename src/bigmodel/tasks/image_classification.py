@@ -15,7 +15,7 @@ from torch import nn
 from bigmodel.data.records import Records
 from bigmodel.data.transforms import color_jitter, random_crop, random_flip, random_resized_crop
 from bigmodel.errors import RecipeError
-from bigmodel.tasks.base import LabelOptions, check_targets, label_column
+from bigmodel.tasks.base import LabelOptions, check_targets, label_column, label_report_row
 from bigmodel.tasks.classification import Labels, SingleLabel
 from bigmodel.tasks.heads import FeatureModel
 from bigmodel.tasks.image import ImageOptions, ImageTask
@@ -114,6 +114,13 @@ class ImageClassificationTask(SingleLabel, ImageTask):
                            "std": list(wanted["std"]), "interpolation": wanted["interpolation"],
                            "resize_shorter": int(wanted["resize_shorter"])}  # fmt: skip
         return model, task
+
+    def report_rows(self, records, predictions: list[dict]) -> list[dict]:
+        """Per record: its image (PIL), its class, the predicted one, whether they agree."""
+        return [
+            label_report_row(self, r, p, self.report_image(r))
+            for r, p in zip(records, predictions, strict=True)
+        ]
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         probs = self.forward(model, batch).float().softmax(dim=-1).cpu()

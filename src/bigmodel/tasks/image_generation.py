@@ -60,9 +60,12 @@ from bigmodel.models.registry import build_config
 from bigmodel.tasks.base import (
     LabelOptions,
     Metric,
+    category_field,
     check_targets,
     is_data_file,
+    number_field,
     read_inputs,
+    record_schema,
 )
 from bigmodel.tasks.classification import Labels
 from bigmodel.tasks.image import ImageOptions, ImageTask
@@ -556,6 +559,22 @@ class ImageGenerationTask(ImageTask):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise DataError(f"{where}: '{key}' must be a whole number in [{low}, {high}], got {value!r}.")
         return [{"_request": True, "label": index, "seed": seed, "index": i} for i in range(count)]
+
+    def input_schema(self) -> dict:
+        """A request: the class to draw (a class-conditional model; required unless it also learned to
+        draw without one), how many images, and the seed of the first."""
+        fields = {}
+        if self.conditional:
+            optional = self.options.label_dropout > 0
+            fields["label"] = category_field(self.labels.names, "the class to draw" + (
+                "; leave it out for any class" if optional else ""))  # fmt: skip
+        fields["count"] = number_field(
+            "how many images", integer=True, minimum=1, maximum=MAX_COUNT, default=1
+        )
+        fields["seed"] = number_field("the sampling noise's seed: equal seeds, equal images", integer=True,
+                                      minimum=0, maximum=2**63 - 1, default=0)  # fmt: skip
+        required = ["label"] if self.conditional and self.options.label_dropout == 0 else []
+        return record_schema(fields, required, "a request for generated images")
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         """Per image: ``{"label", "seed", "index", "image"}``, ``image`` a PIL image (grey or RGB) that

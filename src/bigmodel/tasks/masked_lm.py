@@ -40,13 +40,14 @@ from bigmodel.data.records import Records
 from bigmodel.data.tokenizers import pad_batch
 from bigmodel.data.values import short_repr
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.tasks.base import Metric, is_data_file, read_inputs
+from bigmodel.tasks.base import Metric, is_data_file, read_inputs, record_schema
 from bigmodel.tasks.text import (
     TextTask,
     TokenizerOptions,
     build_text_encoder,
     check_text_encoder,
     fit_tokenizer,
+    text_field,
 )
 
 FILL = "_fill_masks"  # key parse() sets: predict fills the text's own [MASK]s instead of masking it
@@ -289,6 +290,16 @@ class MaskedLMTask(TextTask):
                 )
             out.append({column: text, FILL: True})
         return out
+
+    def input_schema(self) -> dict:
+        """A text holding the mask token, which prediction fills."""
+        column = self.data["text"]
+        field = text_field(
+            f"a text with {self.mask_token} where a word should be predicted", contains=self.mask_token
+        )
+        return record_schema(
+            {column: field}, [column], f"a text whose {self.mask_token} tokens the model fills"
+        )
 
     @property
     def mask_token(self) -> str:

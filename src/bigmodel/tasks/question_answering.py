@@ -57,7 +57,7 @@ from bigmodel.data.squad import check_answer, read_squad
 from bigmodel.data.tokenizers import pad_batch
 from bigmodel.data.values import short_repr
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.tasks.base import Metric, read_inputs
+from bigmodel.tasks.base import Metric, read_inputs, record_schema
 from bigmodel.tasks.heads import SpanModel
 from bigmodel.tasks.text import (
     TextTask,
@@ -65,6 +65,7 @@ from bigmodel.tasks.text import (
     build_text_encoder,
     check_text_encoder,
     fit_tokenizer,
+    text_field,
 )
 
 METRICS = ("loss", "exact_match", "f1")
@@ -419,6 +420,12 @@ class QuestionAnsweringTask(TextTask):
             except DataError as exc:
                 raise DataError(f"{where}: row {n}: {exc}") from None
         return [dict(r) for r in rows]
+
+    def input_schema(self) -> dict:
+        """A question and the context its answer is extracted from."""
+        question, context, _ = self.columns
+        fields = {question: text_field("the question"), context: text_field("the text holding the answer")}
+        return record_schema(fields, [question, context], "a question and the context to find its answer in")
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         """Per question: ``answer`` (the text), ``start``/``end`` (character offsets into the context,

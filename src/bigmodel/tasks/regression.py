@@ -102,6 +102,18 @@ class RegressionTask(TabularTask):
     def metric(self) -> RegressionMetric:
         return RegressionMetric(self)
 
+    def report_rows(self, records, predictions: list[dict]) -> list[dict]:
+        """Per row: its features as ``name=value, ...``, its target and the prediction (no right/wrong)."""
+        return [{"input": self.report_row_input(r), "truth": self._target_text(r),
+                 "prediction": f"{p['prediction']:.6g}", "correct": None}
+                for r, p in zip(records, predictions, strict=True)]  # fmt: skip
+
+    def _target_text(self, record: dict) -> str | None:
+        try:
+            return f"{self.number(record[self.data.get('label') or 'label']):.6g}"
+        except (KeyError, DataError):  # no target, or a missing one
+            return None
+
     def predict(self, model, batch: dict) -> list[dict]:
         outputs = self.forward(model, batch).float().squeeze(-1).cpu()
         return [{"prediction": float(v) * self.std + self.mean} for v in outputs]

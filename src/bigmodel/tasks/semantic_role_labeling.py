@@ -40,9 +40,15 @@ from bigmodel.data.conll2012 import read_srl
 from bigmodel.data.records import Records
 from bigmodel.data.tokenizers import pad_batch
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.tasks.base import parse_records
+from bigmodel.tasks.base import number_field, parse_records, record_schema
 from bigmodel.tasks.heads import TaggerModel
-from bigmodel.tasks.text import TokenizerOptions, build_text_encoder, check_text_encoder
+from bigmodel.tasks.text import (
+    TokenizerOptions,
+    build_text_encoder,
+    check_text_encoder,
+    text_field,
+    words_field,
+)
 from bigmodel.tasks.token_classification import (
     EntityMetric,
     TagOutputs,
@@ -253,6 +259,26 @@ class SemanticRoleLabelingTask(TokenClassificationTask):
                 "tags": [self.tags.names[i] for i in ids],
             })  # fmt: skip
         return out
+
+    def input_schema(self) -> dict:
+        """A frame: its words (``tokens``: a list, or a string split on whitespace) or a ``sentence``
+        (argument offsets then point into it) — one of the two — and the predicate's word index."""
+        column = self.tokens_column
+        about = "a predicate frame: a sentence and the index of its predicate word"
+        predicate = number_field("the predicate's word index, counting from 0", integer=True, minimum=0)
+        if column == "sentence":  # data.text names the words 'sentence': parse reads that key as the words
+            return record_schema({column: words_field("the sentence's words"), PREDICATE: predicate},
+                                 [column, PREDICATE], about)  # fmt: skip
+        fields = {column: words_field("the sentence's words"),
+                  "sentence": text_field("the sentence, split on whitespace (instead of the words)"),
+                  PREDICATE: predicate}  # fmt: skip
+        return record_schema(
+            fields, [PREDICATE], about, oneOf=[{"required": [column]}, {"required": ["sentence"]}]
+        )
+
+    def report_rows(self, records, predictions: list[dict]) -> None:
+        """No report rows (the tagger's entity rows do not describe semantic roles)."""
+        return None
 
 
 def _predicate(example: dict, n: int) -> int:

@@ -43,8 +43,8 @@ from bigmodel.data.tokenizers import TextTokenizer, TokenizerError, pad_batch
 from bigmodel.errors import DataError, RecipeError, UserError
 from bigmodel.models.generate import beam_search, generate
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Metric, is_data_file, parse_records
-from bigmodel.tasks.text import TextTask, fit_tokenizer, load_pretrained
+from bigmodel.tasks.base import Metric, is_data_file, parse_records, record_schema
+from bigmodel.tasks.text import TextTask, fit_tokenizer, load_pretrained, text_field
 
 
 class Seq2SeqTokenizerOptions(BaseModel):
@@ -355,6 +355,18 @@ class Seq2SeqTask(TextTask):
             except DataError as exc:
                 raise DataError(f"inputs: row {i + 1}: {exc}") from None
         return [{source: row[source]} for row in rows]
+
+    def input_schema(self) -> dict:
+        """The source text to translate (or rewrite)."""
+        source, _ = self.columns
+        return record_schema({source: text_field("the source text")}, [source], "a source text")
+
+    def report_rows(self, records, predictions: list[dict]) -> list[dict]:
+        """Per record: the source, its reference target and the generated text (``correct`` is None:
+        BLEU and chrF, not a right/wrong, say how close it is)."""
+        source, target = self.columns
+        return [{"input": r.get(source, p["source"]), "truth": r.get(target), "prediction": p["translation"],
+                 "correct": None} for r, p in zip(records, predictions, strict=True)]  # fmt: skip
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         """Per source: ``{"source", "translation"}``."""

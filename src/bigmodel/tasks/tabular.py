@@ -16,7 +16,16 @@ from bigmodel.data.tabular import TabularEncoder
 from bigmodel.data.values import parse_number, short_repr
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Task, check_targets, clean_missing_labels, label_column, read_inputs
+from bigmodel.tasks.base import (
+    Task,
+    category_field,
+    check_targets,
+    clean_missing_labels,
+    label_column,
+    number_field,
+    read_inputs,
+    record_schema,
+)
 from bigmodel.tasks.heads import FeatureModel
 
 # Config fields the task sets from the data; a recipe may not.
@@ -171,6 +180,22 @@ class TabularTask(Task):
         self.features.encode_many(columns, where=where, row_numbers=rows, predict=True)
         return records
 
+    def input_schema(self) -> dict:
+        """One property per feature column, as fitted: numbers (``null`` too where training imputed the
+        column), booleans, categories (an ``enum`` of the train split's, ``null`` where a missing value
+        has its own slot) and arrays of the fitted shape."""
+        state = self.features.state()
+        impute = state["missing"] == "impute"
+        properties = {c["name"]: _column_schema(c, impute) for c in state["columns"]}
+        return record_schema(
+            properties, list(properties), f"one row of the {len(properties)} feature columns"
+        )
+
+    def report_row_input(self, record: dict) -> str:
+        """The record's features as a short ``name=value, ...`` string."""
+        shown = ", ".join(f"{name}={_short(record.get(name))}" for name in self.features.columns)
+        return shown if len(shown) <= 200 else shown[:199] + "…"
+
     def _rows_from_array(self, array: np.ndarray) -> list[dict]:
         """Rows of an array as records: one array column takes each row whole (an image); numeric
         columns take the row's values in order. Categorical columns need records."""
@@ -196,6 +221,39 @@ class TabularTask(Task):
                 "give records (dicts keyed by column) or a file."
             )
         return [dict(zip(columns, row.reshape(-1).tolist(), strict=True)) for row in array]
+
+
+def _column_schema(column: dict, impute: bool) -> dict:
+    """A feature column's JSON Schema, from the encoder's state of the column."""
+    name, kind = column["name"], column["kind"]
+    if kind == "categorical":
+        nullable = impute and column["missing_slot"]
+        return category_field(column["categories"], f"column '{name}': one of the training split's categories"
+                              + (" (null: unknown)" if nullable else ""), nullable)  # fmt: skip
+    if kind == "array":
+        field: dict = {"type": "number"}
+        for size in reversed(column["shape"]):
+            field = {"type": "array", "items": field, "minItems": size, "maxItems": size}
+        shape = "x".join(map(str, column["shape"]))
+        return {
+            **field,
+            "x-bigmodel-kind": "array",
+            "description": f"column '{name}': a {shape} array of numbers",
+        }
+    nullable = impute and column["imputed"]
+    unknown = f" (null: unknown, imputed with the train median {column['fill']:.6g})" if nullable else ""
+    if column["boolean"]:
+        return {"type": ["boolean", "null"] if nullable else "boolean", "x-bigmodel-kind": "boolean",
+                "description": f"column '{name}': true or false{unknown}"}  # fmt: skip
+    return number_field(f"column '{name}': a number{unknown}", nullable=nullable)
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return f"[{np.asarray(value).size} values]"
+    return str(value)[:40]
 
 
 def _numeric_array(raw) -> np.ndarray:

@@ -7,6 +7,7 @@ encoder built from scratch with a tokenizer trained on the train split (``task.t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -54,6 +55,25 @@ class TokenizerOptions(BaseModel):
     vocab_size: int = Field(8000, ge=16)
     lowercase: bool = True
     min_frequency: int = Field(2, ge=1)
+
+
+def text_field(description: str, blank: bool = False, contains: str | None = None) -> dict:
+    """The JSON Schema of a text field: a non-empty string, holding more than whitespace unless
+    ``blank``; ``contains``: a literal it must hold (a mask token)."""
+    field = {"type": "string", "minLength": 1, "x-bigmodel-kind": "text", "description": description}
+    if contains is not None:
+        field["pattern"] = re.sub(r"[\\^$.|?*+()\[\]{}/]", r"\\\g<0>", contains)  # an ECMA-262 literal
+    elif not blank:
+        field["pattern"] = r"\S"  # JSON Schema patterns match anywhere: one non-space character
+    return field
+
+
+def words_field(description: str) -> dict:
+    """The JSON Schema of pre-split words: a list of words, or one sentence split on whitespace."""
+    return {"anyOf": [text_field("a sentence, split on whitespace"),
+                      {"type": "array", "minItems": 1, "description": "the words",
+                       "items": {"type": "string", "pattern": r"\S", "description": "a word"}}],
+            "x-bigmodel-kind": "text", "description": description}  # fmt: skip
 
 
 def check_text_encoder(recipe, family, task: str, set_by: str) -> None:

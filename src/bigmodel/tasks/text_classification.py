@@ -28,7 +28,9 @@ from bigmodel.tasks.base import (
     clean_missing_labels,
     is_data_file,
     label_column,
+    label_report_row,
     read_inputs,
+    record_schema,
 )
 from bigmodel.tasks.classification import SingleLabel
 from bigmodel.tasks.heads import POOLINGS, TextModel
@@ -38,6 +40,7 @@ from bigmodel.tasks.text import (
     build_text_encoder,
     check_text_encoder,
     fit_tokenizer,
+    text_field,
 )
 
 
@@ -175,6 +178,20 @@ class TextClassificationTask(SingleLabel, TextTask):
                 if column is not None:
                     _check_text(row.get(column, _ABSENT), f"{where}: row {n}", column)
         return rows
+
+    def input_schema(self) -> dict:
+        """The text field (and the pair's second text, when the model classifies pairs)."""
+        fields = {self.data["text"]: text_field("the text to classify")}
+        if self.data.get("text_pair"):
+            fields[self.data["text_pair"]] = text_field("the second text of the pair")
+        return record_schema(fields, list(fields), f"a text to classify ({len(self.labels.names)} classes)")
+
+    def report_rows(self, records, predictions: list[dict]) -> list[dict]:
+        """Per record: its text (a pair as ``text ‖ pair``), its class, the predicted one, whether
+        they agree."""
+        columns = [c for c in (self.data["text"], self.data.get("text_pair")) if c]
+        return [label_report_row(self, r, p, " ‖ ".join(str(r.get(c)) for c in columns))
+                for r, p in zip(records, predictions, strict=True)]  # fmt: skip
 
 
 _ABSENT = object()

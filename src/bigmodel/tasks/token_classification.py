@@ -37,7 +37,7 @@ from bigmodel.data.records import Records
 from bigmodel.data.tokenizers import pad_batch
 from bigmodel.errors import DataError, RecipeError
 from bigmodel.nn.crf import CRF
-from bigmodel.tasks.base import Metric, parse_records
+from bigmodel.tasks.base import Metric, parse_records, record_schema
 from bigmodel.tasks.heads import TaggerModel
 from bigmodel.tasks.text import (
     TextTask,
@@ -45,6 +45,7 @@ from bigmodel.tasks.text import (
     build_text_encoder,
     check_text_encoder,
     fit_tokenizer,
+    words_field,
 )
 
 SCHEMES = ("BIO", "IOB2", "IOB1", "BIOES", "none")
@@ -517,6 +518,35 @@ class TokenClassificationTask(TextTask):
                 {"entities": entities, "tokens": list(words), "tags": [self.tags.names[i] for i in ids]}
             )
         return out
+
+    def input_schema(self) -> dict:
+        """The words to tag: a list of words, or a sentence split on whitespace."""
+        column = self.tokens_column
+        return record_schema({column: words_field("the sentence to tag")}, [column], "a sentence to tag")
+
+    def report_rows(self, records, predictions: list[dict]) -> list[dict]:
+        """Per sentence: its words, the entities of its tags and the predicted ones as ``text (TYPE); ...``,
+        and whether the two sets agree (same types, same words)."""
+        rows = []
+        for record, prediction in zip(records, predictions, strict=True):
+            words = _words(record.get(self.tokens_column), self.tokens_column)
+            text, spans = join_words(words)
+            predicted = [(e["type"], e["start"], e["end"]) for e in prediction["entities"]]
+            truth = None
+            if self.tags_column in record:
+                ids = [self.tags.index(tag) for tag in self._sentence(record)[1]]
+                truth = [
+                    (self.tags.types[k], spans[a][0], spans[b][1]) for k, a, b in self.tags.entities(ids)
+                ]
+            rows.append({"input": text, "truth": None if truth is None else _entities_text(text, truth),
+                         "prediction": _entities_text(text, predicted),
+                         "correct": None if truth is None else set(truth) == set(predicted)})  # fmt: skip
+        return rows
+
+
+def _entities_text(text: str, entities: list[tuple[str, int, int]]) -> str:
+    """``Alice (PER); Paris (LOC)``: entities as a person reads them, or ``(none)``."""
+    return "; ".join(f"{text[start:end]} ({kind})" for kind, start, end in entities) or "(none)"
 
 
 def _compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
