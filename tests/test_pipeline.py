@@ -33,6 +33,19 @@ def test_digits_mlp_learns_real_digits(tmp_path):
         assert (run.path / name).is_file(), name
 
 
+@pytest.mark.report
+def test_training_ends_with_a_report_of_curves_and_held_out_examples(tmp_path):
+    run = bigmodel.train("digits-mlp", output=tmp_path, progress=False, train={"epochs": 2})
+    html = (run.path / "report.html").read_text(encoding="utf-8")
+    assert html.count('class="chart"') >= 4  # loss, metric curves, the confusion matrix
+    assert html.count('<figure class="example') == 24  # held-out examples predicted at the end of training
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    assert "report.html" not in json.dumps(manifest)  # a redrawable view, outside the manifest
+    again = bigmodel.report(run)  # redrawn on demand; the run stays verified
+    assert again == run.path / "report.html"
+    bigmodel.load(run)
+
+
 def test_demo_recipe_reaches_97_percent(tmp_path):
     """The demo's promise (recipes/digits-cnn.yaml unchanged): >= 97 % test accuracy."""
     run = bigmodel.train("digits-cnn", output=tmp_path, progress=False)

@@ -285,7 +285,7 @@ def test_manifest_lists_every_artifact_but_itself_and_train_state(runs):
     expected = {
         p.relative_to(run).as_posix()
         for p in run.rglob("*")
-        if p.is_file() and p.name != "manifest.json" and "train_state" not in p.parts
+        if p.is_file() and p.name not in ("manifest.json", "report.html") and "train_state" not in p.parts
     }
     assert set(listed) == expected
     assert {

@@ -18,6 +18,7 @@ _LAZY = {
     "load": "bigmodel.pipeline",
     "fit": "bigmodel.pipeline",
     "export_pretrained": "bigmodel.pipeline",
+    "report": "bigmodel.pipeline",
     "open_run": "bigmodel.rundir",
     "Run": "bigmodel.rundir",
     "Task": "bigmodel.tasks",

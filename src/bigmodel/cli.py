@@ -150,6 +150,74 @@ def export_hf(
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="Default: RUN/report.html."),
+    ] = None,
+):
+    """Write a run's report.html (curves, metrics, confusion matrix, examples); it opens offline."""
+    from bigmodel.pipeline import report as write_run_report
+
+    print(write_run_report(run, output))
+
+
+@app.command()
+def runs(
+    root: Annotated[Path, typer.Argument(help="Folder of run directories.")] = Path("runs"),
+    compare: Annotated[
+        Optional[tuple[Path, Path]],  # noqa: UP045
+        typer.Option("--compare", help="Two run directories side by side: recipe differences, metrics."),
+    ] = None,
+):
+    """List the runs under ROOT (oldest first), or compare two runs with --compare A B."""
+    from rich.markup import escape
+
+    from bigmodel.evaluation.runs import compare_runs, list_runs
+
+    if compare is not None:
+        a, b = compare
+        table = Table(title="compare runs")
+        table.add_column("")
+        table.add_column(escape(f"A: {a}"), justify="right", overflow="fold")
+        table.add_column(escape(f"B: {b}"), justify="right", overflow="fold")
+        for key, value_a, value_b in compare_runs(a, b):
+            style = "bold" if key.startswith("recipe.") or value_a != value_b else ""
+            table.add_row(escape(key), _cell(value_a), _cell(value_b), style=style)
+        console.print(table)
+        return
+    listed = list_runs(root)
+    if not listed:
+        console.print(f"no runs under {root}")
+        return
+    table = Table(title=escape(f"runs under {root}"))
+    for column in ("started", "recipe", "task", "model", "metrics", "params", "time", "run directory"):
+        table.add_column(column, overflow="fold")
+    for row in listed:
+        metrics = ", ".join(f"{escape(k)} {v:.4f}" for k, v in row["key_metrics"].items())
+        if row["split"]:
+            metrics = f"{row['split']}: {metrics}"
+        status = "" if row["finished"] else " [yellow](unfinished)[/]"
+        time_s = f"{row['time_s']:.1f} s" if isinstance(row["time_s"], (int, float)) else "—"
+        table.add_row(row["date"], escape(row["name"]) + status, _cell(row["task"]), _cell(row["family"]),
+                      metrics or "—", _cell(row["params"]), time_s, escape(row["path"]))  # fmt: skip
+    console.print(table)
+
+
+def _cell(value) -> str:
+    from rich.markup import escape
+
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e4 or (value and abs(value) < 1e-3) else f"{value:.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return escape(str(value))
+
+
+@app.command()
 def recipes():
     """List the shipped recipes."""
     import yaml

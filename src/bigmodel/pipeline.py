@@ -24,6 +24,7 @@ from bigmodel.compress.lora import add_lora, lora_options, merge_lora, parameter
 from bigmodel.data import SPLITS, ColumnRecords, Records, open_splits
 from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
 from bigmodel.evaluation.metrics import scalar_metrics
+from bigmodel.evaluation.report import write_report
 from bigmodel.hub.files import save_weights, write_json, write_text
 from bigmodel.hub.manifest import update_manifest, write_manifest
 from bigmodel.hub.peft import AdapterError, save_peft_adapter
@@ -32,7 +33,7 @@ from bigmodel.models.registry import get_family
 from bigmodel.recipe import Recipe
 from bigmodel.rundir import MODEL_FORMAT, Run, check_run_dir, open_run
 from bigmodel.serve import Predictor
-from bigmodel.tasks import create_task
+from bigmodel.tasks import Task, create_task
 from bigmodel.training.checkpoint import finish_train_state, has_train_state
 from bigmodel.training.loop import fit as fit_loop
 from bigmodel.training.validate import evaluate_records, resolve_device
@@ -190,7 +191,35 @@ def _train(recipe, task, splits, fingerprint, output: Path, progress: bool, modu
     }
     write_json(run_dir / "summary.json", metrics)
     write_manifest(run_dir)  # last: a run directory with a manifest is a finished one
+    _finish_report(run_dir, model, task, splits, progress)
     return Run(run_dir, recipe, metrics)
+
+
+def _finish_report(run_dir: Path, model: nn.Module, task, splits: dict, progress: bool) -> None:
+    """report.html, written after the manifest: ``bigmodel report`` may rewrite it, so the manifest
+    leaves it out (verify_manifest ignores added .html files). The run has finished by now, so a
+    report that cannot be drawn is a note, never a failed run."""
+    held_out = splits.get("test") or splits.get("validation")
+    try:
+        path = write_report(run_dir, _report_rows(model, task, held_out))
+    except (UserError, OSError, ValueError, RuntimeError) as exc:
+        if progress:
+            print(f"note: report.html was not written: {exc}", flush=True)
+        return
+    if progress:
+        print(f"report: {path}", flush=True)
+
+
+REPORT_EXAMPLES = 64  # held-out examples predicted for the report's grid (it shows 24, wrong ones first)
+
+
+def _report_rows(model: nn.Module, task, records: Records | None) -> list[dict] | None:
+    """The task's report rows for the first held-out records (None when the task shows none)."""
+    if records is None or not len(records) or type(task).report_rows is Task.report_rows:
+        return None
+    count = min(8 if hasattr(task, "stream") else REPORT_EXAMPLES, len(records))  # sampling text is slow
+    sample = [records[i] for i in range(count)]
+    return task.report_rows(sample, Predictor(model, task).predict(sample))
 
 
 def _build_model(recipe: Recipe, task) -> tuple[nn.Module, dict]:
@@ -426,6 +455,29 @@ def export_pretrained(run: Run | str | Path, folder: str | Path | None = None) -
     if tokenizer is not None:
         tokenizer.save(folder)
     return folder
+
+
+def report(run: Run | str | Path, path: str | Path | None = None) -> Path:
+    """Write (or rewrite) a run's report.html: curves, final metrics, confusion matrix, per-class table
+    and, when the run opens and its data is at hand unchanged, a grid of held-out examples.
+
+    Returns:
+        The report's path (default ``RUN/report.html``).
+    """
+    run_dir = Path(getattr(run, "path", run))
+    rows, why = None, None
+    try:
+        model, task, info = open_run(run_dir)
+        recipe = info["recipe"]
+        if recipe.data.source.startswith("memory:"):
+            raise RunDirError("trained on in-memory arrays (bigmodel.fit), which are not kept")
+        splits, fingerprint = _open_data(recipe, task)
+        if fingerprint != info["fingerprint"]:
+            raise DataError(f"{recipe.data.source} changed since the run was trained")
+        rows = _report_rows(model, task, splits.get("test") or splits.get("validation"))
+    except UserError as exc:  # an unfinished run, data that moved: the report without examples
+        why = f"No examples: {exc}"
+    return write_report(run_dir, rows, path, examples_note=why)
 
 
 def load(run: Run | str | Path, model: nn.Module | None = None) -> Predictor:

@@ -13,8 +13,9 @@ directory with a manifest is a finished one. :func:`update_manifest` re-hashes o
 later stage rewrote (``evaluate`` updates eval.json), keeping the verified entries of the others.
 :func:`verify_manifest` names every file that changed, is missing, or was added at the top level of
 the run when it is of a kind a stage reads (``.json``, ``.yaml``, ``.safetensors``: a tokenizer.json
-the run never had); other files a user keeps beside the run (predictions.jsonl) are left alone, and
-so are sub-folders later stages add after training (``compress/``, ``export/``).
+the run never had); other files a user keeps beside the run (predictions.jsonl) are left alone, as is
+``report.html`` (a view drawn from the covered files after the manifest, which ``bigmodel report``
+may redraw), and so are sub-folders later stages add after training (``compress/``, ``export/``).
 """
 
 from __future__ import annotations
