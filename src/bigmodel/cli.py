@@ -150,6 +150,36 @@ def export_hf(
 
 
 @app.command()
+def serve(
+    run: Annotated[str, typer.Argument(help="A run directory (or a pretrained image classifier's name).")],
+    host: Annotated[str, typer.Option(help="Address to listen on; loopback unless told.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Examples per forward pass at most (1: no batching).")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more requests.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting at most; beyond: 503.")] = 256,
+    timeout_s: Annotated[float, typer.Option(help="Seconds a request may wait; beyond: 504.")] = 30.0,
+    max_body_mb: Annotated[float, typer.Option(help="Request body size at most (MiB); beyond: 413.")] = 10.0,
+    api_key_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="A file of API keys, one per line (or set BIGMODEL_API_KEYS=key1,key2)."),
+    ] = None,
+):
+    """Serve a trained run over HTTP: POST /v1/predict (micro-batched), /v1/generate (streamed), GET
+    /v1/model, /healthz, /readyz, /metrics, and a web page at / to try the model."""
+    from bigmodel.pipeline import load
+    from bigmodel.serve import ServeSettings, build_card, load_api_keys
+    from bigmodel.serve import serve as run_server
+
+    settings = ServeSettings(
+        host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        timeout_s=timeout_s, max_body_bytes=int(max_body_mb * 2**20), api_keys=load_api_keys(api_key_file),
+    )  # fmt: skip
+    predictor = load(run)
+    run_dir = Path(run) if Path(run).is_dir() else None
+    run_server(predictor, build_card(run_dir, predictor.model), settings)
+
+
+@app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="A run directory.")],
     output: Annotated[

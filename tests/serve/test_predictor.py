@@ -450,3 +450,31 @@ def test_threads_get_the_results_of_sequential_calls(predictor):
     assert not errors, errors
     for i, got in enumerate(results):
         assert got == [expected[i]] * 20, f"thread {i}"
+
+
+# --- parse + run: what the server's micro-batcher calls -------------------------------------------------
+
+
+def test_run_on_the_examples_of_several_parses_equals_predict_of_each(predictor):
+    a, b = rows(3, seed=20), as_records(rows(5, seed=21))
+    merged = predictor.run(predictor.parse(a) + predictor.parse(b))
+    assert merged[:3] == predictor.predict(a) and merged[3:] == predictor.predict(b)
+    assert_matches(merged[:3], reference(predictor, a))
+
+
+def test_parse_refuses_nothing_to_predict_and_run_names_rows_of_the_merged_examples(predictor):
+    with pytest.raises(DataError, match="nothing to predict"):
+        predictor.parse(np.zeros((0, 4), dtype=np.float32))
+    examples = predictor.parse(rows(2, seed=22)) + predictor.parse(rows(3, seed=23))
+    nan_weights(predictor.model)
+    with pytest.raises(UserError, match=r"for rows 1, 2, 3, 4, 5 of 5"):
+        predictor.run(examples)
+
+
+def test_numpy_outputs_are_checked_for_finiteness():
+    from bigmodel.serve.predictor import _finite
+
+    assert _finite({"a": np.array([1.0, 2.0]), "b": np.float32(3.0), "c": np.array([1, 2])})
+    assert not _finite({"a": [np.array([1.0, np.nan])]})
+    assert not _finite(np.float32("inf"))
+    assert _finite(torch.tensor([1, 2])) and not _finite(torch.tensor([0.0, float("nan")]))

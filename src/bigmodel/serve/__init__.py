@@ -1,5 +1,27 @@
-"""Serving: load a run's artifacts and predict."""
+"""Serving: load a run's artifacts and predict, in process (``Predictor``) or over HTTP.
+
+``Predictor`` is imported eagerly; the HTTP side (``create_app``, ``serve``, ``ServeSettings``,
+``build_card``, ``load_api_keys``) loads on first use, so ``import bigmodel`` needs no web framework
+(FastAPI and uvicorn are the ``serve`` extra).
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from bigmodel.serve.predictor import Predictor
 
-__all__ = ["Predictor"]
+_LAZY = {
+    "create_app": "bigmodel.serve.app",
+    "serve": "bigmodel.serve.app",
+    "ServeSettings": "bigmodel.serve.app",
+    "build_card": "bigmodel.serve.app",
+    "load_api_keys": "bigmodel.serve.auth",
+}
+__all__ = ["Predictor", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bigmodel.serve' has no attribute {name!r}")

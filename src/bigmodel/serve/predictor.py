@@ -2,15 +2,19 @@
 
 It knows no task: ``task.parse`` turns the input (a file, records, strings, arrays, ...) into
 examples, ``task.encode`` and ``task.collate`` make batches, ``task.predict`` reads the outputs back.
-Nothing is mutated per call, so one Predictor serves many threads. What comes out is finite: a
-model whose outputs hold NaN or inf (damaged weights, inputs far outside the training data) is
-refused with a :class:`~bigmodel.errors.UserError` naming the rows, never returned.
+``predict(inputs)`` is ``run(parse(inputs))``; the two halves are public so that the HTTP server's
+micro-batcher (serve/batching.py) can parse each request on its own and run the examples of many
+requests in one forward pass. Nothing is mutated per call, so one Predictor serves many threads.
+What comes out is finite: a model whose outputs hold NaN or inf (damaged weights, inputs far outside
+the training data) is refused with a :class:`~bigmodel.errors.UserError` naming the rows, never
+returned.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,9 +49,26 @@ class Predictor:
             UserError: the inputs are not what the task accepts (a DataError naming the row and
                 field), or the model's outputs are not finite for some rows.
         """
+        return self.run(self.parse(inputs))
+
+    def parse(self, inputs) -> list[dict]:
+        """The task's examples for ``inputs`` (at least one), checked by row and field.
+
+        Raises:
+            DataError: the inputs are not what the task accepts, or hold nothing to predict.
+        """
         examples = self.task.parse(inputs)
         if not examples:
             raise DataError("inputs: nothing to predict.")
+        return examples
+
+    def run(self, examples: list[dict]) -> list[dict]:
+        """Encode, collate and forward parsed ``examples`` in chunks of ``batch_size``; one readable
+        dict per example, in order. Examples of several ``parse`` calls may be concatenated.
+
+        Raises:
+            UserError: the model's outputs are not finite for some rows (numbered in ``examples``).
+        """
         out: list[dict] = []
         with torch.inference_mode():
             for start in range(0, len(examples), self.batch_size):
@@ -65,7 +86,7 @@ class Predictor:
 
 
 def _finite(value) -> bool:
-    """Whether every number in a result (nested dicts, lists, tensors) is finite."""
+    """Whether every number in a result (nested dicts, lists, tensors, NumPy arrays) is finite."""
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, dict):
@@ -73,5 +94,7 @@ def _finite(value) -> bool:
     if isinstance(value, list | tuple):
         return all(_finite(v) for v in value)
     if isinstance(value, torch.Tensor):
-        return bool(torch.isfinite(value).all())
+        return bool(torch.isfinite(value).all()) if value.is_floating_point() or value.is_complex() else True
+    if isinstance(value, np.ndarray | np.floating):
+        return bool(np.isfinite(value).all()) if np.issubdtype(value.dtype, np.inexact) else True
     return True
