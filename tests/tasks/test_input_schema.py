@@ -18,11 +18,11 @@ from PIL import Image
 
 from bigmodel.data.conll2012 import srl_template_columns
 from bigmodel.data.records import ColumnRecords
-from bigmodel.errors import UserError
+from bigmodel.errors import RunDirError, UserError
 from bigmodel.models.registry import get_family
 from bigmodel.recipe import load_recipe
 from bigmodel.serve.predictor import Predictor
-from bigmodel.tasks import TASKS, create_task
+from bigmodel.tasks import TASKS, create_task, restore_task
 from helpers import text_rows
 
 VALIDATOR = jsonschema.Draft202012Validator
@@ -132,6 +132,10 @@ CASES = {
     "classification": ({}, {"name": "classification"}, MLP, _table),
     "classification-array": ({}, {"name": "classification"}, MLP,
                              lambda: {"pixels": [a[:2, :3] for a in _grey(8)], "label": ["a", "b"] * 4}),
+    # (1, 8, 8) grey pictures held as numbers, like builtin:digits (values 0..16)
+    "classification-picture": ({}, {"name": "classification"}, MLP,
+                               lambda: {"image": [a[None] / 16.0 for a in _grey(8, (8, 8))],
+                                        "label": ["a", "b"] * 4}),
     "regression": ({"label": "y"}, {"name": "regression"}, MLP, _table),
     "text_classification": ({"text": "text", "max_length": 32}, {"name": "text_classification",
                             "tokenizer": WORDPIECE}, TINY_BERT,
@@ -361,3 +365,33 @@ def test_a_face_run_without_a_threshold_offers_no_second_image(built):
             predictor.predict([{"image": image, "image_pair": image}])
     finally:
         task.options = task.options.model_copy(update={"threshold": 0.5})
+
+
+def test_a_picture_like_array_column_says_its_size_and_value_range(built, tmp_path):
+    task, predictor = built("classification-picture")
+    train = np.stack(CASES["classification-picture"][3]()["image"])
+    field = task.input_schema()["properties"]["image"]
+    assert field["x-bigmodel-kind"] == "array" and field["items"]["items"]["items"]["type"] == "number"
+    assert field["x-bigmodel-image"] == {"size": [8, 8], "channels": 1,
+                                         "value_range": [float(train.min()), float(train.max())]}  # fmt: skip
+    assert (train.min(), train.max()) == (0.0, 255 / 16)  # so the range is the train split's, not 0..1
+    assert "x-bigmodel-image" not in built("classification-array")[0].input_schema()["properties"]["pixels"]
+
+    # task.json keeps the range; one written before it was kept restores without it
+    state = json.loads(json.dumps(task.state()))
+    assert restore_task(state, tmp_path).input_schema()["properties"]["image"] == field
+    del state["value_ranges"]
+    old = restore_task(state, tmp_path)
+    assert old.input_schema()["properties"]["image"]["x-bigmodel-image"] == {"size": [8, 8], "channels": 1}
+    for damaged in ({"image": [3, 1]}, {"image": [0, "16"]}, {"pixels": [0, 1]}, [0, 16]):
+        with pytest.raises(RunDirError, match=r"task\.json: damaged: .*value_ranges"):
+            restore_task({**state, "value_ranges": damaged}, tmp_path)
+
+    # the report shows the picture itself: the value range scaled to 0..255 (an old run: its own min..max)
+    picture = np.array([[[0.0, 255 / 16, 255 / 32] + [0.0] * 5] + [[1.0] * 8] * 7])
+    shown = task.report_row_input({"image": picture.tolist(), "label": "a"})
+    assert shown.mode == "L" and shown.size == (8, 8)
+    np.testing.assert_array_equal(np.asarray(shown), np.round(picture[0] * 16).astype(np.uint8))
+    stretched = np.asarray(old.report_row_input({"image": picture}))
+    assert stretched.max() == 255 and stretched[0, 2] == 128 and stretched.min() == 0
+    assert task.report_row_input({"image": "not numbers"}).startswith("image=")  # text, as other rows

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from bigmodel.data.records import Records
 from bigmodel.data.tabular import TabularEncoder
 from bigmodel.data.values import parse_number, short_repr
-from bigmodel.errors import DataError, RecipeError
+from bigmodel.errors import DataError, RecipeError, RunDirError
 from bigmodel.models.registry import build_config
 from bigmodel.tasks.base import (
     Task,
@@ -30,6 +31,9 @@ from bigmodel.tasks.heads import FeatureModel
 
 # Config fields the task sets from the data; a recipe may not.
 _TASK_FIELDS = ("input_shape", "num_outputs")
+# An array column shaped (H, W) or (1, H, W) with both sides at least this long is a grey picture
+# (scikit-learn's 8x8 digits): the web page draws it, the report shows it.
+IMAGE_MIN_SIDE = 4
 
 
 class TabularTask(Task):
@@ -40,6 +44,9 @@ class TabularTask(Task):
     def __init__(self, options, data: dict):
         super().__init__(options, data)
         self.features = TabularEncoder()
+        # Picture-like array column -> (lo, hi) of its train values: what a drawing's black and white map
+        # to. Absent from task.json files written before it was kept (their pages assume 0..1).
+        self.value_ranges: dict[str, tuple[float, float]] = {}
         self._notes: list[str] = []
 
     # -- recipe and fitting -------------------------------------------------------------------------
@@ -85,7 +92,18 @@ class TabularTask(Task):
             where=train.where,
             row_numbers=rows,
         )
+        self.value_ranges = {}
+        for name, shape in self._array_shapes().items():
+            if picture_size(shape) is not None:  # the encoder has checked these: one shape, finite
+                values = np.asarray(columns[name], dtype=np.float64)
+                self.value_ranges[name] = (float(values.min()), float(values.max()))
         self.fit_targets(train.column(label), train.where)
+
+    def _array_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Array feature column -> the shape of one of its values."""
+        return {
+            c["name"]: tuple(c["shape"]) for c in self.features.state()["columns"] if c["kind"] == "array"
+        }
 
     def fit_targets(self, values: list, where: str) -> None:
         raise NotImplementedError
@@ -101,12 +119,15 @@ class TabularTask(Task):
         return list(self._notes)
 
     def state(self) -> dict:
-        return {**super().state(), "features": self.features.state()}
+        ranges = {name: list(bounds) for name, bounds in self.value_ranges.items()}
+        return {**super().state(), "features": self.features.state(), "value_ranges": ranges}
 
     @classmethod
     def restore(cls, state: dict, run_dir: Path) -> TabularTask:
         task = super().restore(state, run_dir)
         task.features = TabularEncoder.from_state(state["features"])
+        task.value_ranges = _restore_ranges(state.get("value_ranges", {}), task._array_shapes(),
+                                            Path(run_dir) / "task.json")  # fmt: skip
         return task
 
     # -- model --------------------------------------------------------------------------------------
@@ -186,15 +207,38 @@ class TabularTask(Task):
         has its own slot) and arrays of the fitted shape."""
         state = self.features.state()
         impute = state["missing"] == "impute"
-        properties = {c["name"]: _column_schema(c, impute) for c in state["columns"]}
+        properties = {
+            c["name"]: _column_schema(c, impute, self.value_ranges.get(c["name"])) for c in state["columns"]
+        }
         return record_schema(
             properties, list(properties), f"one row of the {len(properties)} feature columns"
         )
 
-    def report_row_input(self, record: dict) -> str:
-        """The record's features as a short ``name=value, ...`` string."""
+    def report_row_input(self, record: dict) -> str | Image.Image:
+        """The record's features as a short ``name=value, ...`` string; a row whose one feature is a
+        picture-like array (digits) as that picture: a grey PIL image, its value range scaled to 0..255."""
+        columns = self.features.columns
+        if len(columns) == 1:
+            picture = self._picture(columns[0], record.get(columns[0]))
+            if picture is not None:
+                return picture
         shown = ", ".join(f"{name}={_short(record.get(name))}" for name in self.features.columns)
         return shown if len(shown) <= 200 else shown[:199] + "…"
+
+    def _picture(self, name: str, value) -> Image.Image | None:
+        """The array ``value`` of column ``name`` as a grey (H, W) image, or None when the column is not
+        picture-like or the value is no finite array of its size (the report then shows text)."""
+        size = picture_size(self._array_shapes().get(name, ()))
+        try:
+            pixels = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        if size is None or pixels.size != math.prod(size) or not np.isfinite(pixels).all():
+            return None
+        # Without a fitted range (an older task.json) each picture is stretched to its own min..max.
+        lo, hi = self.value_ranges.get(name) or (float(pixels.min()), float(pixels.max()))
+        scaled = (pixels.reshape(size) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
+        return Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8))
 
     def _rows_from_array(self, array: np.ndarray) -> list[dict]:
         """Rows of an array as records: one array column takes each row whole (an image); numeric
@@ -223,8 +267,43 @@ class TabularTask(Task):
         return [dict(zip(columns, row.reshape(-1).tolist(), strict=True)) for row in array]
 
 
-def _column_schema(column: dict, impute: bool) -> dict:
-    """A feature column's JSON Schema, from the encoder's state of the column."""
+def picture_size(shape) -> tuple[int, int] | None:
+    """(H, W) when an array column's ``shape`` is a grey picture's, ``(H, W)`` or ``(1, H, W)`` with both
+    sides at least :data:`IMAGE_MIN_SIDE`; else None."""
+    shape = tuple(shape)
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    return (int(shape[0]), int(shape[1])) if len(shape) == 2 and min(shape) >= IMAGE_MIN_SIDE else None
+
+
+def _restore_ranges(raw, shapes: dict, where: Path) -> dict[str, tuple[float, float]]:
+    """task.json's ``value_ranges``: picture-like array column -> [lo, hi], finite numbers, lo <= hi."""
+    if not isinstance(raw, dict):
+        raise RunDirError(
+            f"{where}: damaged: 'value_ranges' should be an object, found {type(raw).__name__}."
+        )
+    ranges = {}
+    for name, bounds in raw.items():
+        numbers = isinstance(bounds, list) and len(bounds) == 2
+        numbers = numbers and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+        if name not in shapes or picture_size(shapes[name]) is None:
+            raise RunDirError(
+                f"{where}: damaged: 'value_ranges' names '{name}', which is not a picture-like array "
+                f"feature column of this task."
+            )
+        if not numbers or not all(math.isfinite(b) for b in bounds) or bounds[0] > bounds[1]:
+            raise RunDirError(
+                f"{where}: damaged: value_ranges['{name}'] should be [low, high], two finite numbers with "
+                f"low <= high; found {bounds!r:.60}."
+            )
+        ranges[name] = (float(bounds[0]), float(bounds[1]))
+    return ranges
+
+
+def _column_schema(column: dict, impute: bool, value_range: tuple[float, float] | None = None) -> dict:
+    """A feature column's JSON Schema, from the encoder's state of the column. A picture-like array
+    also says ``x-bigmodel-image`` (size, one channel and the train values' range, when known), so a
+    form can offer a drawing canvas; the field itself stays an array of numbers."""
     name, kind = column["name"], column["kind"]
     if kind == "categorical":
         nullable = impute and column["missing_slot"]
@@ -235,11 +314,17 @@ def _column_schema(column: dict, impute: bool) -> dict:
         for size in reversed(column["shape"]):
             field = {"type": "array", "items": field, "minItems": size, "maxItems": size}
         shape = "x".join(map(str, column["shape"]))
-        return {
-            **field,
-            "x-bigmodel-kind": "array",
-            "description": f"column '{name}': a {shape} array of numbers",
-        }
+        field |= {"x-bigmodel-kind": "array", "description": f"column '{name}': a {shape} array of numbers"}
+        size = picture_size(column["shape"])
+        if size is not None:
+            image = {"size": list(size), "channels": 1}
+            if value_range is not None:
+                image["value_range"] = list(value_range)
+                field["description"] += (
+                    f" (a grey picture: {value_range[0]:.6g} black, {value_range[1]:.6g} white)"
+                )
+            field["x-bigmodel-image"] = image
+        return field
     nullable = impute and column["imputed"]
     unknown = f" (null: unknown, imputed with the train median {column['fill']:.6g})" if nullable else ""
     if column["boolean"]:
