@@ -125,6 +125,14 @@ GENERATION = {"name": "image_generation", "timesteps": 10, "sampling_steps": 2}
 MLP = {"arch": "mlp", "hidden_sizes": [8]}
 
 # case -> (recipe's data, task and model sections; the train records' columns)
+AUDIO = {"name": "audio_classification", "clip_seconds": 0.25, "features": {"n_mels": 16}}
+
+
+def _noise_clips() -> dict:
+    clips = [np.random.default_rng(i).normal(0, 0.1, 4000) for i in range(8)]
+    return {"audio": clips, "label": ["a", "b"] * 4}
+
+
 CASES = {
     "causal_lm": ({"max_length": 16}, {"name": "causal_lm", "max_new_tokens": 4},
                   {"arch": "gpt", "embed_dim": 16, "num_heads": 2, "num_layers": 1},
@@ -170,6 +178,7 @@ CASES = {
     "image_generation-label-required": ({}, {**GENERATION, "label_dropout": 0.0}, UNET, _bars),
     "object_detection": ({}, {"name": "object_detection", "head_channels": 8, "score_threshold": 0.0},
                          {"arch": "cnn", "channels": [8, 8, 8]}, _boxes),
+    "audio_classification": ({}, AUDIO, {"arch": "cnn", "channels": [4, 8]}, _noise_clips),
 }  # fmt: skip
 
 
@@ -207,6 +216,16 @@ def png_base64(image: dict) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def wav_base64(audio: dict) -> str:
+    """A WAV of noise at the audio field's sample rate, as base64 text (what a JSON client sends)."""
+    import soundfile
+
+    rate = audio["sample_rate"]
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.random.default_rng(1).normal(0, 0.1, rate // 4), rate, format="WAV")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def samples(field: dict) -> list:
     """Valid values of a field: the first is the plain one; then each alternative (``anyOf``) and null."""
     if "anyOf" in field:
@@ -216,7 +235,9 @@ def samples(field: dict) -> list:
     if "enum" in field:
         return [next(v for v in field["enum"] if v is not None), *nulls]
     kind = next(k for k in kinds if k != "null")
-    if kind == "string" and field.get("contentEncoding") == "base64":
+    if kind == "string" and field.get("x-bigmodel-kind") == "audio":
+        value = wav_base64(field["x-bigmodel-audio"])
+    elif kind == "string" and field.get("contentEncoding") == "base64":
         value = png_base64(field["x-bigmodel-image"])
     elif kind == "string":
         literal = field.get("pattern", r"\S")

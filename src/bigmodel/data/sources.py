@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bigmodel.data.audio import read_audio_source
 from bigmodel.data.builtin import read_builtin
 from bigmodel.data.conll import read_conll_columns
 from bigmodel.data.conll2012 import read_srl_columns
@@ -67,6 +68,8 @@ def load_source(source: str, subset: str | None = None) -> dict[str, Records]:
         return _hf(scheme, what, subset, source)
     if scheme == "images":  # class folders of image files (data/images.py)
         return read_image_folder(what)
+    if scheme == "audio":  # class folders of clips, or a manifest (data/audio.py)
+        return read_audio_source(what)
     if scheme == "idx":  # MNIST-layout images + labels files
         return {"data": read_idx_pair(what)}
     path = Path(what).expanduser()

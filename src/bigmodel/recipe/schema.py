@@ -25,13 +25,14 @@ SOURCE_SCHEMES = (
     "hf-disk",
     "images",
     "idx",
+    "audio",
     "memory",
 )  # memory: bigmodel.fit
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BUILTIN_DATASETS = (
     "digits", "iris", "wine", "breast_cancer", "diabetes", "wnut16-ner", "wnut16-qa", "tweet-sentiment",
     "shakespeare-lines", "shakespeare", "ptb", "kjv-rv1909", "srl-templates",
-    "fashion-mnist", "scenes", "scene-objects", "nuclei", "orl-faces",
+    "fashion-mnist", "scenes", "scene-objects", "nuclei", "orl-faces", "spoken-digits",
 )  # fmt: skip
 
 
@@ -96,7 +97,8 @@ class DataConfig(Strict):
 
     source: str = Field(
         description="builtin:NAME, csv:PATH, jsonl:PATH, parquet:PATH, hf:NAME (datasets.load_dataset), "
-        "hf-disk:PATH (datasets.load_from_disk), images:FOLDER (class folders) or idx:FILE (MNIST layout)"
+        "hf-disk:PATH (datasets.load_from_disk), images:FOLDER (class folders), idx:FILE (MNIST layout), "
+        "audio:FOLDER or audio:MANIFEST (.csv/.jsonl of clip paths and labels)"
     )
     validation: str | None = Field(None, description="a separate validation source (predefined split)")
     test: str | None = Field(None, description="a separate test source (predefined split)")
@@ -105,6 +107,7 @@ class DataConfig(Strict):
     label: str | None = Field(None, description="target column (tabular sources)")
     text: str | None = Field(None, description="text column (task text_classification); raw strings")
     image: str | None = Field(None, description="image column (image tasks): file paths, bytes or arrays")
+    audio: str | None = Field(None, description="audio column (audio tasks): file paths, bytes or arrays")
     text_pair: str | None = Field(None, description="second text column for pairs (NLI, paraphrase)")
     max_length: int = Field(128, ge=2, description="text: truncate to this many tokens (batches padded)")
     split: SplitConfig = SplitConfig()

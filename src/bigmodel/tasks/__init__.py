@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bigmodel.errors import RecipeError, RunDirError, UserError, unknown_name
+from bigmodel.tasks.audio_classification import AudioClassificationTask
 from bigmodel.tasks.base import TASK_FORMAT, Metric, Task, load_object
 from bigmodel.tasks.causal_lm import CausalLMTask
 from bigmodel.tasks.classification import ClassificationTask
@@ -40,6 +41,7 @@ TASKS: dict[str, type[Task]] = {
     "face_verification": FaceVerificationTask,
     "image_generation": ImageGenerationTask,
     "object_detection": ObjectDetectionTask,
+    "audio_classification": AudioClassificationTask,
 }
 
 
