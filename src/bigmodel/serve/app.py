@@ -199,7 +199,9 @@ def create_app(predictor, card: Mapping | None = None, settings: ServeSettings |
     settings = settings or ServeSettings()
     task = predictor.task
     record_schema = codec.record_schema_of(task)
-    records_validator = codec.Validator(record_schema)
+    records_validator = codec.Validator(
+        record_schema, owner=f"task {getattr(task, 'name', type(task).__name__)!r}: input_schema()"
+    )
     can_generate = callable(getattr(task, "stream", None))
     page_dir = Path(settings.page_dir).resolve() if settings.page_dir is not None else PAGE_DIR
     metrics = ServeMetrics()

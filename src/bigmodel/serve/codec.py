@@ -7,14 +7,12 @@ Requests (``POST /v1/predict``):
 - ``multipart/form-data``: one record, a form field per record field; image (and audio) fields may be
   file parts. Form values are text, so numbers and booleans are read by their field's schema.
 
-Every record is validated against the task's JSON Schema (the draft 2020-12 subset the tasks use:
-``type``, ``enum``, ``const``, ``properties``, ``required``, ``additionalProperties``, ``items``,
-``min/maxItems``, ``min/maxLength``, ``pattern``, ``minimum``/``maximum`` and their exclusive forms,
-``anyOf``/``oneOf``/``allOf``; other keywords are descriptions). A record that fails is refused with a
-message naming the field (``inputs[2].image: ...``) before the task sees it; ``task.parse`` still
-checks what the schema cannot say (an image that is not an image). Fields whose schema has
-``contentEncoding: base64`` are decoded to ``bytes`` here, so a remote client never hands the task
-a string that could name a file on the server.
+Every record is validated against the task's JSON Schema (draft 2020-12, by the ``jsonschema``
+library; numbers must be finite). A record that fails is refused with a message naming the field
+(``inputs[2].image: ...``), what is wrong and what is allowed, before the task sees it;
+``task.parse`` still checks what the schema cannot say (an image that is not an image). Fields whose
+schema has ``contentEncoding: base64`` are decoded to ``bytes`` here, so a remote client never hands
+the task a string that could name a file on the server.
 
 Responses: PIL images become ``data:image/png;base64,...`` strings, NumPy values and tensors become
 numbers and lists, bytes become base64 text. Everything raised here is an :class:`HTTPError` with
@@ -26,14 +24,18 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
+import jsonschema
 import numpy as np
 import torch
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import STRONG_MATCHES, WEAK_MATCHES, ValidationError, best_match
 
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("multipart/form-data",)
@@ -102,8 +104,15 @@ def form_body_schema(record: Mapping) -> dict:
 
 # --- validation ----------------------------------------------------------------------------------------
 #
-# A schema is compiled once into nested closures (a request checks many values: a 1x8x8 image is 64
-# numbers). A check returns None, or a Failure whose path is built only when something failed.
+# The jsonschema library checks the records; this section only turns its first error into one plain
+# sentence that starts with the full path of the offending value (``inputs[2].image[0]: ...``).
+
+# JSON has no NaN or infinity; a form value ("inf") or a huge literal (1e999) must not pass as a number.
+_TYPES = Draft202012Validator.TYPE_CHECKER.redefine(
+    "number", lambda checker, v: type(v) in (int, float) and math.isfinite(v)
+)
+_RecordValidator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPES)
+_ERRORS_CONSIDERED = 100  # errors best_match chooses from: a body of bad numbers has one per number
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -114,231 +123,140 @@ _TYPE_NAMES = {
     "object": "an object",
     "null": "null",
 }
-
-
-class Failure(NamedTuple):
-    """What is wrong (``message``) and where below the checked value (``path``: field names, indices)."""
-
-    path: tuple
-    message: str
-
-    def at(self, where: str) -> str:
-        """The message prefixed with the full path: ``inputs[2].image[0]: ...``."""
-        place = where
-        for part in self.path:
-            place += f"[{part}]" if isinstance(part, int) else (f".{part}" if place else str(part))
-        return f"{place or 'body'}: {self.message}"
-
-
-Check = Callable[[Any], "Failure | None"]
+_LITERAL = re.compile(r"(?:\\.|[^\\^$.|?*+()\[\]{}])+")  # a pattern that is an escaped literal
 
 
 class Validator:
-    """A JSON Schema compiled for repeated checks. ``bytes`` pass where the schema says
-    ``contentEncoding: base64`` (a file part, already decoded)."""
+    """A task's JSON Schema (draft 2020-12), checked once, for the records of many requests.
 
-    def __init__(self, schema: Mapping):
+    ``bytes`` in a top-level ``contentEncoding: base64`` field (a file part, already decoded) are
+    validated as the base64 text a JSON client would have sent."""
+
+    def __init__(self, schema: Mapping, owner: str = "schema"):
+        """``owner`` names the schema's author in the error a bad schema raises (``task 'echo'``)."""
+        try:
+            _RecordValidator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            at = "/".join(str(part) for part in exc.absolute_path)
+            raise ValueError(
+                f"{owner}: not a valid JSON Schema (draft 2020-12) at #/{at}: {exc.message}"
+            ) from exc
         self.schema = schema
-        self._check = _compile(schema)
+        self._validator = _RecordValidator(schema)
+        self._files = base64_fields(schema) if isinstance(schema, Mapping) else set()
 
     def error(self, value: Any, where: str) -> str | None:
-        """The first violation as ``"where.field: what is wrong"``, or None."""
-        failure = self._check(value)
-        return None if failure is None else failure.at(where)
+        """The worst violation as ``"where.field: what is wrong and what is allowed"``, or None."""
+        if isinstance(value, dict) and any(type(value.get(f)) in (bytes, bytearray) for f in self._files):
+            value = {k: _as_text(v) if k in self._files else v for k, v in value.items()}
+        errors = itertools.islice(self._validator.iter_errors(value), _ERRORS_CONSIDERED)
+        worst = max(errors, key=_relevance, default=None)
+        return None if worst is None else _describe(best_match([worst]), where)
 
     def check(self, value: Any, where: str) -> None:
-        """Raise ``HTTPError(422)`` naming the first place where ``value`` breaks the schema."""
-        failure = self._check(value)
-        if failure is not None:
-            raise HTTPError(422, failure.at(where))
+        """Raise ``HTTPError(422)`` naming the place where ``value`` breaks the schema."""
+        message = self.error(value, where)
+        if message is not None:
+            raise HTTPError(422, message)
 
 
-def schema_error(value: Any, schema: Mapping, where: str) -> str | None:
-    """The first violation of ``schema`` by ``value`` (compiling it: use a :class:`Validator` to repeat)."""
-    return Validator(schema).error(value, where)
+def _relevance(error: ValidationError) -> tuple:
+    """jsonschema's ranking (the shallowest error, not a weak anyOf/oneOf) without its tie-break by path,
+    so that of sibling errors the first wins (``image[0][0]``, not the last bad pixel);
+    ``best_match`` then descends into the anyOf/oneOf it picked."""
+    return -len(error.path), error.validator not in WEAK_MATCHES, error.validator in STRONG_MATCHES
 
 
-def _compile(schema) -> Check:
-    if not isinstance(schema, Mapping):  # the `true` and `false` schemas
-        return (
-            (lambda v: None) if schema is not False else (lambda v: Failure((), "no value is allowed here."))
-        )
-    checks: list[Check] = []
-    base64_ok = _is_base64(schema)
-    expected = _expected(schema)
-    if "const" in schema:
-        const = schema["const"]
-        shown = json.dumps(const)
-        checks.append(lambda v: None if _equal(v, const) else Failure((), f"must be {shown}, got {show(v)}."))
-    if "enum" in schema:
-        options = list(schema["enum"])
-        allowed = ", ".join(json.dumps(o) for o in options[:20]) + (", ..." if len(options) > 20 else "")
-        checks.append(
-            lambda v: (
-                None
-                if any(_equal(v, o) for o in options)
-                else Failure((), f"{show(v)} is not one of the allowed values: {allowed}.")
-            )
-        )
-    if schema.get("type") is not None:
-        types = [schema["type"]] if isinstance(schema["type"], str) else list(schema["type"])
-        checks.append(_type_check(types, expected))
-    for keyword in ("allOf", "anyOf", "oneOf"):
-        if isinstance(schema.get(keyword), list):
-            checks.append(_combined_check(keyword, [_compile(option) for option in schema[keyword]]))
-    checks += _string_checks(schema) + _number_checks(schema) + _array_checks(schema) + _object_checks(schema)
-
-    def check(value) -> Failure | None:
-        if type(value) in (bytes, bytearray):
-            return None if base64_ok else Failure((), f"expected {expected}, got a file upload.")
-        for one in checks:
-            failure = one(value)
-            if failure is not None:
-                return failure
-        return None
-
-    return check
+def _as_text(value):
+    return base64.b64encode(value).decode("ascii") if type(value) in (bytes, bytearray) else value
 
 
-_TYPE_TESTS: dict[str, Callable[[Any], bool]] = {
-    "null": lambda v: v is None,
-    "boolean": lambda v: type(v) is bool,
-    "integer": lambda v: type(v) is int or (type(v) is float and v.is_integer()),
-    "number": lambda v: type(v) is int or type(v) is float,
-    "string": lambda v: type(v) is str,
-    "array": lambda v: type(v) is list,
-    "object": lambda v: type(v) is dict,
-}
+def _describe(error: ValidationError, where: str) -> str:
+    """``where`` + the error's path, then what is wrong in plain words."""
+    path, message = _explain(error)
+    return f"{_place(where, path) or 'body'}: {message}"
 
 
-def _type_check(types: list[str], expected: str) -> Check:
-    tests = [_TYPE_TESTS[t] for t in types if t in _TYPE_TESTS]
-    if len(tests) < len(types):  # an unknown type name constrains nothing
-        return lambda v: None
-    if len(tests) == 1:
-        (test,) = tests
-        return lambda v: None if test(v) else Failure((), f"expected {expected}, got {show(v)}.")
-    return lambda v: None if any(t(v) for t in tests) else Failure((), f"expected {expected}, got {show(v)}.")
+def _place(where: str, path) -> str:
+    for part in path:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    return where
 
 
-def _combined_check(keyword: str, options: list[Check]) -> Check:
-    def check(value) -> Failure | None:
-        failures = [option(value) for option in options]
-        if keyword == "allOf":
-            return next((f for f in failures if f is not None), None)
-        passed = sum(f is None for f in failures)
-        if passed == 0:  # anyOf, oneOf: say what each allowed form wanted
-            if len(failures) == 1:
-                return failures[0]
-            reasons = "; or ".join(f.at("").split(": ", 1)[-1].rstrip(".") for f in failures if f is not None)
-            return Failure((), f"fits none of the allowed forms: {reasons}.")
-        if keyword == "oneOf" and passed > 1:
-            return Failure(
-                (), f"{show(value)} fits more than one of the allowed forms; it must fit exactly one."
-            )
-        return None
-
-    return check
-
-
-def _string_checks(schema: Mapping) -> list[Check]:
-    low, high, pattern = schema.get("minLength", 0), schema.get("maxLength"), schema.get("pattern")
-    compiled = re.compile(pattern) if isinstance(pattern, str) else None
-    what = "must hold a non-space character" if pattern == r"\S" else f"must match /{pattern}/"
-
-    def check(v) -> Failure | None:
-        if type(v) is not str:
-            return None
-        if len(v) < low:
-            return Failure((), f"must hold at least {low} character(s), got {show(v)}.")
-        if high is not None and len(v) > high:
-            return Failure((), f"must hold at most {high} characters, got {len(v)}.")
-        if compiled is not None and compiled.search(v) is None:
-            return Failure((), f"{what}, got {show(v)}.")
-        return None
-
-    return [check] if low or high is not None or compiled is not None else []
+def _explain(error: ValidationError) -> tuple[list, str]:
+    """The path of the offending value (below the validated one) and a sentence saying what is wrong."""
+    path, kind, rule, value = (
+        list(error.absolute_path),
+        error.validator,
+        error.validator_value,
+        error.instance,
+    )
+    if kind == "required":
+        missing = [name for name in rule if name not in value]
+        others = f" (so are: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        return [*path, missing[0]], f"this field is required and missing{others}."
+    if kind == "additionalProperties" and rule is False:
+        extra = _unknown_fields(value, error.schema)
+        allowed = ", ".join(error.schema.get("properties") or {}) or "none"
+        others = f" (so are: {', '.join(extra[1:])})" if len(extra) > 1 else ""
+        return [*path, extra[0]], f"unknown field{others}. Allowed fields: {allowed}."
+    return path, _sentence(error, kind, rule, value)
 
 
-def _number_checks(schema: Mapping) -> list[Check]:
-    bounds = [
-        (schema[keyword], fails, words)
-        for keyword, fails, words in (
-            ("minimum", lambda x, b: x < b, "at least"),
-            ("maximum", lambda x, b: x > b, "at most"),
-            ("exclusiveMinimum", lambda x, b: x <= b, "more than"),
-            ("exclusiveMaximum", lambda x, b: x >= b, "less than"),
-        )
-        if _TYPE_TESTS["number"](schema.get(keyword))
-    ]
-
-    def check(v) -> Failure | None:
-        if type(v) is float and not math.isfinite(v):
-            return Failure((), f"{v} is not a finite number.")
-        if type(v) is int or type(v) is float:
-            for bound, fails, words in bounds:
-                if fails(v, bound):
-                    return Failure((), f"must be {words} {bound}, got {show(v)}.")
-        return None
-
-    return [check]
-
-
-def _array_checks(schema: Mapping) -> list[Check]:
-    low, high = schema.get("minItems", 0), schema.get("maxItems")
-    items = _compile(schema["items"]) if "items" in schema else None
-
-    plain_numbers = schema.get("items") == {"type": "number"}  # images and feature arrays: a fast path
-
-    def check(v) -> Failure | None:
-        if type(v) is not list:
-            return None
-        if len(v) < low:
-            return Failure((), f"must hold at least {low} item(s), got {len(v)}.")
-        if high is not None and len(v) > high:
-            return Failure((), f"must hold at most {high} items, got {len(v)}.")
-        if plain_numbers and all(type(x) is int or (type(x) is float and math.isfinite(x)) for x in v):
-            return None
-        if items is not None:
-            for i, item in enumerate(v):
-                failure = items(item)
-                if failure is not None:
-                    return Failure((i, *failure.path), failure.message)
-        return None
-
-    return [check]
+def _sentence(error: ValidationError, kind, rule, value) -> str:
+    if kind == "type":
+        return f"expected {_expected(error.schema)}, got {show(value)}."
+    if kind == "enum":
+        allowed = ", ".join(json.dumps(o) for o in rule[:20])
+        allowed += f", ... ({len(rule)} in all)" if len(rule) > 20 else ""
+        return f"{show(value)} is not one of the allowed values: {allowed}."
+    if kind == "const":
+        return f"must be {json.dumps(rule)}, got {show(value)}."
+    if kind == "minLength":
+        if rule == 1:
+            return "must not be empty."
+        return f"must hold at least {_count(rule, 'character')}, got {len(value)}."
+    if kind == "maxLength":
+        return f"must hold at most {_count(rule, 'character')}, got {len(value)}."
+    if kind == "pattern":
+        if rule == r"\S":
+            return f"must not be blank (it needs a non-space character), got {show(value)}."
+        if _LITERAL.fullmatch(rule):  # a literal the text must hold (a mask token)
+            literal = re.sub(r"\\(.)", r"\1", rule)
+            return f"must contain {json.dumps(literal)}, got {show(value)}."
+        return f"must match the pattern /{rule}/, got {show(value)}."
+    bounds = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than",
+              "exclusiveMaximum": "less than"}  # fmt: skip
+    if kind in bounds:
+        return f"must be {bounds[kind]} {rule}, got {show(value)}."
+    if kind == "minItems":
+        return f"must hold at least {_count(rule, 'item')}, got {len(value)}."
+    if kind == "maxItems":
+        return f"must hold at most {_count(rule, 'item')}, got {len(value)}."
+    if kind in ("anyOf", "oneOf") and error.context:
+        reasons = []
+        for option in range(len(rule)):  # each allowed form's most relevant complaint
+            found = best_match(e for e in error.context if e.relative_schema_path[0] == option)
+            if found is not None:
+                inner, sentence = _explain(found)
+                inner = inner[len(error.absolute_path) :]
+                reasons.append(f"{_place('', inner)}: {sentence}" if inner else sentence)
+        return "fits none of the allowed forms: " + "; or ".join(r.rstrip(".") for r in reasons) + "."
+    if kind == "oneOf":
+        return f"{show(value)} fits more than one of the allowed forms; it must fit exactly one."
+    if kind is None:  # the `false` schema
+        return "no value is allowed here."
+    message = error.message  # a rarer keyword: the library's own words (they hold the value's repr)
+    return message if len(message) <= 200 else message[:200] + "…"
 
 
-def _object_checks(schema: Mapping) -> list[Check]:
-    properties = {name: _compile(field) for name, field in (schema.get("properties") or {}).items()}
-    required = list(schema.get("required", ()))
-    extra = schema.get("additionalProperties", True)
-    extra_check = None if isinstance(extra, bool) else _compile(extra)
-    allowed = ", ".join(properties) or "none"
-
-    def check(v) -> Failure | None:
-        if type(v) is not dict:
-            return None
-        for name in required:
-            if name not in v:
-                return Failure((name,), "this field is required and missing.")
-        for name, item in v.items():
-            field = properties.get(name, extra_check)
-            if field is None:
-                if extra is False:
-                    return Failure((name,), f"unknown field. Allowed fields: {allowed}.")
-                continue
-            failure = field(item)
-            if failure is not None:
-                return Failure((name, *failure.path), failure.message)
-        return None
-
-    return [check]
+def _unknown_fields(record: Mapping, schema: Mapping) -> list[str]:
+    known, patterns = schema.get("properties") or {}, list(schema.get("patternProperties") or {})
+    return [k for k in record if k not in known and not any(re.search(p, k) for p in patterns)]
 
 
-def _equal(a, b) -> bool:
-    """JSON equality: 1 == 1.0, but true != 1."""
-    return (a == b) and (isinstance(a, bool) == isinstance(b, bool))
+def _count(n, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _expected(schema) -> str:
@@ -363,10 +281,15 @@ def show(value) -> str:
         shown = json.dumps(value if len(value) <= 40 else value[:40] + "…")
         return f"{shown} (a string)"
     if isinstance(value, list):
-        return f"an array of {len(value)} item(s)"
+        return f"an array of {_count(len(value), 'item')}"
     if isinstance(value, dict):
         return "an object"
-    return repr(value)
+    if isinstance(value, bytes | bytearray):
+        return "a file upload"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} (not a finite number)"
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:40] + "…"
 
 
 # --- base64 ----------------------------------------------------------------------------------------------
