@@ -19,6 +19,7 @@ _LAZY = {
     "fit": "bigmodel.pipeline",
     "export_pretrained": "bigmodel.pipeline",
     "report": "bigmodel.pipeline",
+    "compress_run": "bigmodel.pipeline",  # bigmodel.compress is the compress/ package
     "open_run": "bigmodel.rundir",
     "Run": "bigmodel.rundir",
     "Task": "bigmodel.tasks",

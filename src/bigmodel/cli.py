@@ -150,6 +150,46 @@ def export_hf(
 
 
 @app.command()
+def compress(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    stages: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="A YAML file with a compress: list (default: the run's recipe's own)."),
+    ] = None,
+):
+    """Compress a trained run (distill, prune, quantize, in order) and measure every stage side by side:
+    metric, size, parameters, latency, throughput; a stage is kept only if its accept_if holds."""
+    import yaml
+
+    from bigmodel.pipeline import compress_run as run_compression
+
+    listed = None
+    if stages is not None:
+        try:
+            found = yaml.safe_load(stages.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"--stages {stages}: cannot read it as YAML ({exc}).") from None
+        listed = found.get("compress") if isinstance(found, dict) else found
+        if not isinstance(listed, list):
+            raise UserError(
+                f"--stages {stages}: expected a list of stages, or a mapping with a compress: list."
+            )
+    rows = run_compression(run, listed)
+    table = Table(title=f"{run} — compression ({rows[0]['metric_name']} on held-out data)")
+    for column in ("stage", "metric", "size", "params", "p50 ms (b=1)", "items/s (b=32)", "speedup", "kept"):
+        table.add_column(column, justify="left" if column in ("stage", "kept") else "right")
+    for row in rows:
+        speedup = f"{row['speedup']:.2f}x" if "speedup" in row else "1.00x"
+        table.add_row(
+            row["stage"], f"{row['metric']:.4f}", f"{row['size_bytes'] / 2**20:.2f} MiB",
+            f"{row['params']:,}", f"{row['latency_ms_p50']:.2f}", f"{row['throughput']:.0f}", speedup,
+            row["why"],
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"written to {run / 'compress'}/ and {run / 'report.html'}")
+
+
+@app.command()
 def serve(
     run: Annotated[str, typer.Argument(help="A run directory (or a pretrained image classifier's name).")],
     host: Annotated[str, typer.Option(help="Address to listen on; loopback unless told.")] = "127.0.0.1",

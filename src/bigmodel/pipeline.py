@@ -21,6 +21,7 @@ from torch import nn
 
 from bigmodel import recipe as recipes
 from bigmodel.compress.lora import add_lora, lora_options, merge_lora, parameter_report
+from bigmodel.compress.stages import parse_stages, run_stages
 from bigmodel.data import SPLITS, ColumnRecords, Records, open_splits
 from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
 from bigmodel.evaluation.metrics import scalar_metrics
@@ -95,6 +96,7 @@ def train(
             )
         return _train(recipe, task, splits, fingerprint, Path(output), progress, resumed=(run_dir, model))
     recipe = load_recipe(recipe, **overrides)
+    parse_stages(recipe.compress)  # a bad compression stage fails now, not after training
     task = create_task(recipe)
     splits, fingerprint = _open_data(recipe, task)
     return _train(recipe, task, splits, fingerprint, Path(output), progress)
@@ -191,6 +193,8 @@ def _train(recipe, task, splits, fingerprint, output: Path, progress: bool, modu
     }
     write_json(run_dir / "summary.json", metrics)
     write_manifest(run_dir)  # last: a run directory with a manifest is a finished one
+    if recipe.compress:  # compress/ is a sub-folder: later stages' results, outside the manifest
+        run_stages(model.cpu(), task, splits, recipe, run_dir, run_dir / "model.safetensors", progress)
     _finish_report(run_dir, model, task, splits, progress)
     return Run(run_dir, recipe, metrics)
 
@@ -455,6 +459,36 @@ def export_pretrained(run: Run | str | Path, folder: str | Path | None = None) -
     if tokenizer is not None:
         tokenizer.save(folder)
     return folder
+
+
+def compress_run(run: Run | str | Path, stages: list | None = None, progress: bool = True) -> list[dict]:
+    """Run compression stages on a finished run: the recipe's ``compress:`` list, or ``stages`` (the
+    same form: ``[{"prune": {...}}, {"quantize": {...}}]``). Each stage's model and metrics go to
+    ``RUN/compress/<i>-<stage>/``, the trade-off table to ``RUN/compress/report.json``, and report.html
+    is redrawn with its chart.
+
+    Returns:
+        One row per model (the trained one first): metric, size on disk, parameters, p50 latency at
+        batch 1, throughput at batch 32, speedup, whether the stage was accepted and why.
+    """
+    model, task, info = open_run(run)
+    recipe, run_dir = info["recipe"], info["run_dir"]
+    if stages is not None:  # the run's recipe with other stages (validated as the recipe's own)
+        recipe = load_recipe(recipe, compress=stages)
+    if not recipe.compress:
+        raise RecipeError(f"{run_dir}: its recipe has no compress: stages; give some (--stages FILE).")
+    parse_stages(recipe.compress)
+    if recipe.data.source.startswith("memory:"):
+        raise RunDirError(f"{run_dir}: trained on in-memory arrays (bigmodel.fit), which are not kept.")
+    splits, fingerprint = _open_data(recipe, task)
+    if fingerprint != info["fingerprint"]:
+        raise DataError(
+            f"{recipe.data.source}: the data changed since this run was trained, so its held-out split "
+            "would not be the one it was judged on. Compress with the original data."
+        )
+    rows = run_stages(model, task, splits, recipe, run_dir, run_dir / "model.safetensors", progress)
+    _finish_report(run_dir, model, task, splits, progress)
+    return rows
 
 
 def report(run: Run | str | Path, path: str | Path | None = None) -> Path:

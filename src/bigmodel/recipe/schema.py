@@ -29,6 +29,7 @@ SOURCE_SCHEMES = (
     "memory",
 )  # memory: bigmodel.fit
 DEVICES = ("auto", "cpu", "cuda", "mps")
+COMPRESS_TECHNIQUES = ("distill", "prune", "quantize")  # compress/stages.py runs them
 BUILTIN_DATASETS = (
     "digits", "iris", "wine", "breast_cancer", "diabetes", "wnut16-ner", "wnut16-qa", "tweet-sentiment",
     "shakespeare-lines", "shakespeare", "ptb", "kjv-rv1909", "srl-templates",
@@ -262,6 +263,25 @@ class Recipe(Strict):
     task: TaskConfig = TaskConfig()
     model: ModelConfig
     train: TrainConfig = TrainConfig()
+    compress: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="stages run in order after training, each {technique: options}: "
+        + ", ".join(COMPRESS_TECHNIQUES)
+        + "; options may hold accept_if: {max_metric_drop, min_speedup}",
+    )
+
+    @field_validator("compress")
+    @classmethod
+    def _known_techniques(cls, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, stage in enumerate(stages):
+            if len(stage) != 1:
+                raise ValueError(f"compress[{i}]: one technique per stage, e.g. {{prune: {{amount: 0.5}}}}")
+            (name,) = stage
+            if name not in COMPRESS_TECHNIQUES:
+                raise ValueError(
+                    f"compress[{i}]: unknown technique {name!r}; allowed: {', '.join(COMPRESS_TECHNIQUES)}"
+                )
+        return stages
 
     @model_validator(mode="after")
     def _early_stopping_needs_validation(self):
