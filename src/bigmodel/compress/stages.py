@@ -44,8 +44,8 @@ REPORT = Path("compress") / "report.json"
 @dataclass
 class StageContext:
     """What a technique gets: the model to compress (eval mode, CPU), the fitted task, the run's splits
-    and recipe, the stage's folder (for a fine-tune's checkpoints and metrics.jsonl), the seed, and
-    whether to show progress."""
+    and recipe, the stage's folder (for a fine-tune's checkpoints and metrics.jsonl), the seed,
+    whether to show progress, and the stage's name in the recipe for messages."""
 
     model: nn.Module
     task: Any
@@ -54,6 +54,7 @@ class StageContext:
     folder: Path
     seed: int
     progress: bool = False
+    field: str | None = None  # how messages name the stage: compress[i].<technique>
 
 
 @dataclass
@@ -175,7 +176,10 @@ def run_stages(
             print(f"compress: stage {label} on the {current} model", flush=True)
         module = technique(name)
         out = module.apply(
-            StageContext(models[current], task, splits, recipe, folder, recipe.seed, progress), options
+            StageContext(
+                models[current], task, splits, recipe, folder, recipe.seed, progress, f"compress[{i}].{name}"
+            ),
+            options,
         )
         write_json(folder / "model.json", {"stage": name, "options": options, "input": current, **out.spec})
         tensors = out.tensors if out.tensors is not None else out.model.state_dict()
