@@ -4,7 +4,8 @@ The chain (each step its own child process of ``python -m bigmodel``):
 
 1. pretrain: ``train shakespeare-char-gpt train.max_steps=--pretrain-steps`` (the baby GPT: 4 x 128,
    ~0.8M parameters, characters of Shakespeare's plays);
-2. ``export-hf`` of that run: a Hugging Face GPT-2 folder (config.json, model.safetensors, tokenizer);
+2. ``export --format hf`` of that run: a Hugging Face GPT-2 folder (config.json, model.safetensors,
+   tokenizer);
 3. two fine-tunes of ``recipes/gpt2-lora.yaml`` from that folder on ``builtin:ptb`` (newswire, another
    domain), ``--steps`` steps each, same seed, data, batches and schedule:
    - lora: the recipe as shipped (r=2 on q, v: 0.5 % of the weights train), its own learning rate;
@@ -188,9 +189,10 @@ def main() -> None:
         ),
     }
     hf = work / "hf"
-    export = run_child(["export-hf", str(pre_run), "--output", str(hf)], work / "logs" / "export")
+    command = ["export", str(pre_run), "--format", "hf", "--output", str(hf)]
+    export = run_child(command, work / "logs" / "export")
     if export["returncode"] != 0:
-        result["error"] = {"export-hf": export["stderr_tail"]}
+        result["error"] = {"export": export["stderr_tail"]}
         print(json.dumps(result, indent=2))
         sys.exit(1)
     result["export_hf"] = {"command": export["command"], "files": sorted(p.name for p in hf.iterdir())}

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bigmodel.errors import UserError
+from bigmodel.errors import UserError, did_you_mean
 
 app = typer.Typer(
     name="bigmodel",
@@ -137,16 +137,28 @@ def _save_images(predictions: list[dict], folder: Path) -> list[dict]:
     return saved
 
 
-@app.command("export-hf")
-def export_hf(
-    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN/hf.")] = None,  # noqa: UP045
-):
-    """Write a run's model as a Hugging Face folder (config, weights, tokenizer) to start another recipe
-    from (model.pretrained: FOLDER) or to load with transformers."""
-    from bigmodel.pipeline import export_pretrained
+EXPORT_FORMATS = ("onnx", "torch-export", "hf")  # as pipeline.EXPORT_FORMATS
 
-    print(export_pretrained(run, output))
+
+@app.command("export")
+def export_run(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="onnx, torch-export or hf (a folder transformers loads).")
+    ] = "onnx",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN/export/FMT.")] = None,  # noqa: UP045
+):
+    """Export a run as a folder that runs without the training code: ONNX graphs (decoders with their
+    KV cache), a torch.export program, or a Hugging Face folder; with model.json, task.json, the
+    tokenizer and export.json (inputs, outputs, dynamic axes, measured difference from PyTorch)."""
+    if format not in EXPORT_FORMATS:  # refused before torch loads; pipeline.export_run says the same
+        raise UserError(
+            f"--format: unknown export format {format!r}. Allowed: {', '.join(EXPORT_FORMATS)}."
+            f"{did_you_mean(format, EXPORT_FORMATS)}"
+        )
+    from bigmodel.pipeline import export_run as run_export
+
+    print(run_export(run, format, output))
 
 
 @app.command()

@@ -514,6 +514,126 @@ def report(run: Run | str | Path, path: str | Path | None = None) -> Path:
     return write_report(run_dir, rows, path, examples_note=why)
 
 
+EXPORT_FORMATS = ("onnx", "torch-export", "hf")
+
+
+def export_run(run: Run | str | Path, format: str = "onnx", folder: str | Path | None = None) -> Path:
+    """Export a finished run as a folder that runs without bigmodel's training code.
+
+    - ``onnx``: ``model.onnx`` (what ``task.export_signature`` names) and, for a model that decodes
+      with a KV cache, ``decoder/`` (prefill, decode, encoder graphs and decoder.json); each graph is
+      checked in ONNX Runtime against PyTorch within 1e-4 on a batch other than the traced one.
+    - ``torch-export``: ``model.pt2``, a ``torch.export`` program (``bigmodel.export.load_program``),
+      checked the same way.
+    - ``hf``: a Hugging Face folder (:func:`export_pretrained`) transformers loads.
+
+    Beside the graphs: ``model.json`` and ``task.json`` (labels, image/audio/feature preprocessing),
+    the tokenizer files of a text task, and ``export.json`` (format, graph input/output names, dtypes
+    and shapes with their dynamic axes, opset, the measured max |difference| against PyTorch, the
+    versions of torch/onnx/onnxruntime, the command).
+
+    Args:
+        run: a finished run directory (or a :class:`Run`) whose data is at hand (the traced and the
+            checked batches are encoded from its held-out records).
+        format: ``onnx``, ``torch-export`` or ``hf``.
+        folder: where to write; default ``RUN/export/<format>``.
+
+    Returns:
+        The folder.
+    """
+    if format not in EXPORT_FORMATS:
+        raise UserError(
+            f"--format: unknown export format {format!r}. Allowed: {', '.join(EXPORT_FORMATS)}."
+            f"{did_you_mean(format, EXPORT_FORMATS)}"
+        )
+    run_dir = Path(getattr(run, "path", run))
+    command = f"bigmodel export {run_dir} --format {format}" + (f" -o {folder}" if folder is not None else "")
+    folder = run_dir / "export" / format if folder is None else Path(folder)
+    if format == "hf":
+        export_pretrained(run_dir, folder)
+        return _write_export_json(folder, {"format": "hf", "graphs": {}}, command)
+    from bigmodel import export
+
+    model, task, info = open_run(run_dir)
+    example, check = _export_batches(task, info)
+    folder.mkdir(parents=True, exist_ok=True)
+    module, _, dynamic = export.program.task_signature(task, model, example)
+    _, check_inputs, _ = export.program.task_signature(task, model, check)
+    if format == "onnx":
+        paths = export.export_task_onnx(task, model, example, folder, check_batch=check)
+        difference = export.verify_onnx(paths["model"], module, check_inputs)
+        described = {name: _onnx_graph(path, folder) for name, path in paths.items()}
+        described["model"]["max_abs_difference"] = difference
+        if "prefill" in paths:
+            described["decoder"] = "decoder/decoder.json"
+    else:
+        path = export.export_task_program(task, model, example, folder / "model.pt2")
+        program = export.load_program(path)
+        difference = export.verify_program(program, module, check_inputs)
+        described = {"model": {"file": path.name, "inputs": program.inputs, "outputs": program.outputs,
+                               "max_abs_difference": difference}}  # fmt: skip
+    import shutil
+
+    for name in ("model.json", "task.json"):
+        shutil.copy2(run_dir / name, folder / name)
+    task.save(folder)
+    info = {"format": format, "task": task.name, "graphs": described, "dynamic_axes": dynamic,
+            "checked_on": {n: list(t.shape) for n, t in check_inputs.items()}, "atol": 1e-4}  # fmt: skip
+    return _write_export_json(folder, info, command)
+
+
+def _export_batches(task, info: dict) -> tuple[dict, dict]:
+    """Two batches of the run's own records (held-out first), of 2 and 3 examples: the first is traced,
+    the second, of another size, checks the exported graph."""
+    recipe = info["recipe"]
+    if recipe.data.source.startswith("memory:"):
+        raise RunDirError(
+            f"{info['run_dir']}: trained on in-memory arrays (bigmodel.fit), which are not kept; export "
+            "traces the model on the run's own records."
+        )
+    splits, _ = _open_data(recipe, task)
+    records = [r for name in ("test", "validation", "train") if name in splits for r in splits[name]]
+    if len(records) < 5:
+        raise DataError(
+            f"{recipe.data.source}: export needs 5 records to trace and check on; it has {len(records)}."
+        )
+    items = [task.encode(record, None) for record in records[:5]]
+    return task.collate(items[:2]), task.collate(items[2:5])
+
+
+def _onnx_graph(path: Path, folder: Path) -> dict:
+    """A graph's file, opset, inputs and outputs (name, dtype, shape with named dynamic axes)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def values(entries) -> list[dict]:
+        found = []
+        for value in entries:
+            kind = value.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in kind.shape.dim]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type).name
+            found.append({"name": value.name, "dtype": dtype, "shape": dims})
+        return found
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"file": str(path.relative_to(folder)), "opset": opset, "inputs": values(proto.graph.input),
+            "outputs": values(proto.graph.output)}  # fmt: skip
+
+
+def _write_export_json(folder: Path, info: dict, command: str) -> Path:
+    import importlib.metadata as metadata
+
+    versions = {}
+    for package in ("bigmodel", "torch", "onnx", "onnxruntime", "onnxscript", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    write_json(folder / "export.json", {**info, "versions": versions, "command": command})
+    return folder
+
+
 def load(run: Run | str | Path, model: nn.Module | None = None) -> Predictor:
     """Load a trained run for prediction: ``bigmodel.load(path).predict(inputs)``. A pretrained image
     classifier's name (``efficientnet-lite0``, ``mobilenet_v2``) that is not a folder here loads that

@@ -234,7 +234,7 @@ class Llama(Model):
             if position_ids is None:
                 # Index among the row's real tokens (HF generate's position_ids); pads get 0.
                 position_ids = (mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)[:, past:]  # (B, T)
-            if bool(mask.all()):
+            if not torch.compiler.is_exporting() and bool(mask.all()):
                 mask = None  # nothing to hide: lets SDPA run its causal kernels without a mask tensor
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,)

@@ -36,8 +36,10 @@ from bigmodel.data.records import Records
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 from bigmodel.models.registry import build_config
 from bigmodel.tasks.base import (
+    ExportSignature,
     LabelOptions,
     Task,
+    batch_signature,
     check_targets,
     clean_missing_labels,
     is_data_file,
@@ -333,6 +335,14 @@ class AudioClassificationTask(SingleLabel, Task):
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["x"])
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """``x`` (B, 1, F, frames): normalised features, a one-channel picture; its batch varies, and
+        its frames too when clips are not cut to ``clip_seconds`` (the family must pool over time)."""
+        signature = batch_signature(model, batch, ["x"], task=self.name)
+        if not self.audio_spec.get("clip_samples"):
+            signature.dynamic["x"][3] = "frames"
+        return signature
 
     # -- prediction ---------------------------------------------------------------------------------
 

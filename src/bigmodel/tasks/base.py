@@ -217,6 +217,19 @@ class Task:
         return {"type": "object", "description": f"a record as task {self.name or type(self).__name__} "
                 "reads it (this task declares no schema of its own)"}  # fmt: skip
 
+    # -- export -------------------------------------------------------------------------------------
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """What an exported graph of this task computes for a batch from :meth:`collate`: the module
+        (``model``, or a wrapper holding what :meth:`forward` adds around it), the batch's tensors it
+        takes, in the order its forward takes them, and their axes that vary between batches (see
+        :func:`batch_signature`). What :meth:`forward` does outside the model (losses, decoding,
+        sampling) stays outside the graph. The default refuses: a task says what it exports."""
+        raise UserError(
+            f"export: task '{self.name or type(self).__name__}' does not say what its graph takes "
+            "(Task.export_signature), so it cannot be exported."
+        )
+
     def report_rows(self, records, predictions: list[dict]) -> list[dict] | None:
         """Examples for the HTML report: per record ``{"input": str | PIL.Image.Image, "truth": str |
         None, "prediction": str, "correct": bool | None}``, or None when the task shows none.
@@ -284,6 +297,30 @@ def label_report_row(task, record: Mapping, prediction: dict, shown) -> dict:
     predicted = str(prediction["label"])
     return {"input": shown, "truth": truth, "prediction": predicted,
             "correct": None if truth is None else truth == predicted}  # fmt: skip
+
+
+class ExportSignature(NamedTuple):
+    """What :meth:`Task.export_signature` returns: ``module(*inputs.values())`` is the graph;
+    ``dynamic`` maps an input's name to ``{axis: name}`` of its axes that vary (``batch``, ``length``)."""
+
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    dynamic: dict[str, dict[int, str]]
+
+
+def batch_signature(
+    module: nn.Module, batch: Mapping, names: list[str], lengths: tuple[str, ...] = (), task: str = "task"
+) -> ExportSignature:
+    """The common :class:`ExportSignature`: ``module`` called with ``batch[name]`` for each of ``names``;
+    axis 0 of each is the batch, axis 1 of those in ``lengths`` is the (shared) ``length``."""
+    missing = [n for n in names if not isinstance(batch.get(n), torch.Tensor)]
+    if missing:
+        raise UserError(
+            f"export: {task}: the batch has no tensor {missing[0]!r} (it has {sorted(batch)}); export "
+            "needs a batch of encoded examples from task.collate."
+        )
+    dynamic = {n: {0: "batch", 1: "length"} if n in lengths else {0: "batch"} for n in names}
+    return ExportSignature(module, {n: batch[n] for n in names}, dynamic)
 
 
 class Inputs(NamedTuple):

@@ -60,7 +60,14 @@ from bigmodel.data.tokenizers import TextTokenizer, TokenizerError, load_tokeniz
 from bigmodel.errors import DataError, RecipeError, UserError
 from bigmodel.models.generate import process_logits
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Metric, is_data_file, parse_records, record_schema
+from bigmodel.tasks.base import (
+    ExportSignature,
+    Metric,
+    batch_signature,
+    is_data_file,
+    parse_records,
+    record_schema,
+)
 from bigmodel.tasks.text import TextTask, load_pretrained, pretrained_folder, text_field
 
 TOKENIZERS = ("char", "word", "bpe", "gpt2")
@@ -445,6 +452,11 @@ class CausalLMTask(TextTask):
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["input_ids"])
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """``input_ids`` (B, T) -> next-token logits (B, T, V), batch and length varying. Decoding with
+        the KV cache has graphs of its own (``export_decoder``: prefill and decode)."""
+        return batch_signature(model, batch, ["input_ids"], lengths=("input_ids",), task=self.name)
 
     def check_outputs(self, outputs, batch: dict) -> None:
         B, T = batch["input_ids"].shape

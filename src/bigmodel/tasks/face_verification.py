@@ -41,7 +41,15 @@ from bigmodel.data.transforms import color_jitter, random_crop, random_flip, ran
 from bigmodel.data.values import class_name
 from bigmodel.errors import DataError, RecipeError, UserError
 from bigmodel.nn.margin import ArcMarginHead
-from bigmodel.tasks.base import LabelOptions, Metric, check_targets, label_column, record_schema
+from bigmodel.tasks.base import (
+    ExportSignature,
+    LabelOptions,
+    Metric,
+    batch_signature,
+    check_targets,
+    label_column,
+    record_schema,
+)
 from bigmodel.tasks.classification import Labels
 from bigmodel.tasks.image import ImageOptions, ImageTask
 from bigmodel.tasks.image_classification import AugmentOptions
@@ -106,6 +114,18 @@ class FaceEmbeddingModel(nn.Module):
         else:
             z = self.norm(z)
         return F.normalize(z.float(), dim=-1)
+
+
+class FlipTestEmbedding(nn.Module):
+    """``x`` -> ``normalize(model(x) + model(mirrored x))``: the evaluation embedding with flip-test,
+    as one graph (:meth:`FaceVerificationTask.embed`)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model(x).float() + self.model(x.flip(-1)).float(), dim=-1)  # (B, D)
 
 
 class FaceVerificationTask(ImageTask):
@@ -277,6 +297,12 @@ class FaceVerificationTask(ImageTask):
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return self.embed(model, batch["x"])
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """``x`` (B, C, H, W) -> the normalised embedding (B, D) that ``forward`` returns in evaluation,
+        the flip-test average included when ``task.flip_test`` is on."""
+        module = FlipTestEmbedding(model) if self.options.flip_test else model
+        return batch_signature(module, batch, ["x"], task=self.name)
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         if "y" not in batch:

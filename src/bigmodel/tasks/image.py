@@ -24,7 +24,15 @@ from bigmodel.data.transforms import (
 )
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Task, clean_missing_labels, is_data_file, read_inputs, record_schema
+from bigmodel.tasks.base import (
+    ExportSignature,
+    Task,
+    batch_signature,
+    clean_missing_labels,
+    is_data_file,
+    read_inputs,
+    record_schema,
+)
 
 STATS_SAMPLE = 2000  # images the per-channel mean/std is measured on (evenly spaced over train)
 
@@ -109,6 +117,12 @@ class ImageTask(Task):
 
     def notes(self) -> list[str]:
         return list(self._notes)
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """``x`` (B, C, H, W), normalised at the fitted size (task.json's ``image_spec``); its batch
+        varies. What ``forward`` does beyond ``model(x)`` (object detection's flip-test merge) stays
+        outside the graph."""
+        return batch_signature(model, batch, ["x"], task=self.name)
 
     def fit_images(self, train: Records, pretrained: str | None = None) -> None:
         """Size and channels from the options, the checkpoint or the first image; mean/std measured.

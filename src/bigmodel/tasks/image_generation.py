@@ -58,8 +58,10 @@ from bigmodel.errors import DataError, RecipeError, UserError, did_you_mean
 from bigmodel.evaluation.generation import frechet_distance, gaussian_from_sums, recognition_report
 from bigmodel.models.registry import build_config
 from bigmodel.tasks.base import (
+    ExportSignature,
     LabelOptions,
     Metric,
+    batch_signature,
     category_field,
     check_targets,
     is_data_file,
@@ -416,6 +418,13 @@ class ImageGenerationTask(ImageTask):
             images = self.sample(model, [batch["sample_seeds"][i] for i in rows], y, batch["x"].device)
             samples = (*self.judge(images), y)
         return GenerationOutputs(eps, real, samples)
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """The denoiser: ``x`` (B, C, H, W) a noisy image, ``t`` (B,) its time step and, for a
+        class-conditional model, ``y`` (B,) the class (the "no class" id for guidance) -> the predicted
+        noise (B, C, H, W). The sampling loop (the noise schedule, guidance) stays outside the graph."""
+        names = ["x", "t"] if batch.get("y") is None else ["x", "t", "y"]
+        return batch_signature(model, batch, names, task=self.name)
 
     def _judge_rows(self, batch: dict, rows: list[int]):
         if not rows:

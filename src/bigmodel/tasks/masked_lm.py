@@ -16,9 +16,9 @@ encoder gets a fresh head). Logits are computed only at the chosen positions. Th
 cross-entropy SUMMED over them (``num_items`` = chosen tokens); the metrics are masked-token
 accuracy, loss and perplexity. Prediction fills each ``[MASK]`` of a text with its top-k tokens.
 
-To fine-tune the result with another task, ``bigmodel export-hf RUN`` (:func:`bigmodel.export_pretrained`)
-writes the run as a Hugging Face folder with its tokenizer (``RUN/hf``), which ``model.pretrained:
-RUN/hf`` then loads.
+To fine-tune the result with another task, ``bigmodel export RUN --format hf``
+(:func:`bigmodel.export_pretrained`) writes the run as a Hugging Face folder with its tokenizer
+(``RUN/export/hf``), which ``model.pretrained: RUN/export/hf`` then loads.
 """
 
 from __future__ import annotations
@@ -40,7 +40,14 @@ from bigmodel.data.records import Records
 from bigmodel.data.tokenizers import pad_batch
 from bigmodel.data.values import short_repr
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.tasks.base import Metric, is_data_file, read_inputs, record_schema
+from bigmodel.tasks.base import (
+    ExportSignature,
+    Metric,
+    batch_signature,
+    is_data_file,
+    read_inputs,
+    record_schema,
+)
 from bigmodel.tasks.text import (
     TextTask,
     TokenizerOptions,
@@ -105,6 +112,18 @@ class MaskedLMMetric(Metric):
             "perplexity": math.exp(min(loss, 700.0)),
             "tokens": int(count),
         }
+
+
+class MaskedLMLogits(nn.Module):
+    """``(input_ids, attention_mask) -> (B, T, V)`` masked-LM logits at every position: the graph
+    :meth:`MaskedLMTask.export_signature` exports."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.mlm_logits(self.model.encode(input_ids, attention_mask))
 
 
 class MaskedLMTask(TextTask):
@@ -251,6 +270,12 @@ class MaskedLMTask(TextTask):
         else:
             positions = batch["input_ids"] == self.tokenizer.mask_token_id
         return MLMOutputs(model.mlm_logits(hidden[positions]), positions)  # (N, V): only where scored
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """``input_ids``, ``attention_mask`` (B, T) -> logits (B, T, V) at every position; picking the
+        ``[MASK]`` positions stays outside the graph."""
+        names = ["input_ids", "attention_mask"]
+        return batch_signature(MaskedLMLogits(model), batch, names, lengths=tuple(names), task=self.name)
 
     def loss_from(self, outputs: MLMOutputs, batch: dict) -> torch.Tensor:
         targets = batch["labels"][outputs.positions]

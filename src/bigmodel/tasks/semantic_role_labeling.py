@@ -40,7 +40,7 @@ from bigmodel.data.conll2012 import read_srl
 from bigmodel.data.records import Records
 from bigmodel.data.tokenizers import pad_batch
 from bigmodel.errors import DataError, RecipeError
-from bigmodel.tasks.base import number_field, parse_records, record_schema
+from bigmodel.tasks.base import ExportSignature, batch_signature, number_field, parse_records, record_schema
 from bigmodel.tasks.heads import TaggerModel
 from bigmodel.tasks.text import (
     TokenizerOptions,
@@ -182,6 +182,11 @@ class SemanticRoleLabelingTask(TokenClassificationTask):
             batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["predicate_mask"]
         )
         return TagOutputs(emissions, getattr(model, "crf", None))
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """The text inputs and ``predicate_mask`` (B, T): 1 on the predicate's tokens -> emissions."""
+        names = ["input_ids", "attention_mask", "token_type_ids", "predicate_mask"]
+        return batch_signature(model, batch, names, lengths=tuple(names), task=self.name)
 
     def metric(self) -> SRLMetric:
         return SRLMetric(self)

@@ -43,7 +43,14 @@ from bigmodel.data.tokenizers import TextTokenizer, TokenizerError, pad_batch
 from bigmodel.errors import DataError, RecipeError, UserError
 from bigmodel.models.generate import beam_search, generate
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Metric, is_data_file, parse_records, record_schema
+from bigmodel.tasks.base import (
+    ExportSignature,
+    Metric,
+    batch_signature,
+    is_data_file,
+    parse_records,
+    record_schema,
+)
 from bigmodel.tasks.text import TextTask, fit_tokenizer, load_pretrained, text_field
 
 
@@ -295,6 +302,20 @@ class Seq2SeqTask(TextTask):
             for i, text in zip(rows, self.translate(model, batch, rows), strict=True):
                 translations[i] = text
         return Seq2SeqOutputs(logits, translations)
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """Teacher forcing: ``input_ids``, ``attention_mask`` (B, S) and ``decoder_input_ids`` (B, T),
+        the batch's ``labels`` shifted right -> logits (B, T, V). Translating has graphs of its own
+        (``export_decoder``: encoder, prefill, decode)."""
+        if not isinstance(batch.get("labels"), torch.Tensor):
+            raise UserError(
+                f"export: {self.name}: the example batch needs target texts (labels) to trace the decoder."
+            )
+        batch = {**batch, "decoder_input_ids": model.shift_right(batch["labels"])}
+        signature = batch_signature(model, batch, ["input_ids", "attention_mask", "decoder_input_ids"],
+                                    lengths=("input_ids", "attention_mask"), task=self.name)  # fmt: skip
+        signature.dynamic["decoder_input_ids"][1] = "target_length"
+        return signature
 
     def check_outputs(self, outputs, batch: dict) -> None:
         logits = outputs.logits if isinstance(outputs, Seq2SeqOutputs) else outputs

@@ -18,7 +18,9 @@ from bigmodel.data.values import parse_number, short_repr
 from bigmodel.errors import DataError, RecipeError, RunDirError
 from bigmodel.models.registry import build_config
 from bigmodel.tasks.base import (
+    ExportSignature,
     Task,
+    batch_signature,
     category_field,
     check_targets,
     clean_missing_labels,
@@ -156,6 +158,10 @@ class TabularTask(Task):
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["x"])
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """``x`` (B, features): the encoded feature vector; its batch varies."""
+        return batch_signature(model, batch, ["x"], task=self.name)
 
     def check_outputs(self, outputs, batch: dict) -> None:
         expected = (len(batch["x"]), self.num_outputs)

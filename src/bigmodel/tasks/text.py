@@ -20,7 +20,7 @@ from bigmodel.data.tokenizers import TokenizerError, load_tokenizer
 from bigmodel.errors import RecipeError
 from bigmodel.hub.pretrained import PretrainedError, from_pretrained, resolve_folder
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.base import Task
+from bigmodel.tasks.base import ExportSignature, Task, batch_signature
 
 
 class TextTask(Task):
@@ -39,6 +39,12 @@ class TextTask(Task):
 
     def save(self, run_dir: Path) -> None:
         self.tokenizer.save(run_dir)
+
+    def export_signature(self, model: nn.Module, batch: dict) -> ExportSignature:
+        """``input_ids``, ``attention_mask``, ``token_type_ids`` (B, T), batch and length varying ->
+        the model's outputs (classification, span or tag logits; a CRF's decoding stays outside)."""
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        return batch_signature(model, batch, names, lengths=tuple(names), task=self.name)
 
     @classmethod
     def restore(cls, state: dict, run_dir: Path):
