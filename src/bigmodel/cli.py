@@ -353,7 +353,19 @@ def _print_summary(run, title: str) -> None:
     table = Table(title=title)
     table.add_column("")
     table.add_column("", justify="right")
-    for key in ("accuracy", "f1", "f1_macro", "exact_match", "perplexity", "bpc", "r2", "rmse", "mae"):
+    for key in (
+        "accuracy",
+        "f1",
+        "f1_macro",
+        "exact_match",
+        "cer",
+        "wer",
+        "perplexity",
+        "bpc",
+        "r2",
+        "rmse",
+        "mae",
+    ):
         if key in test:
             table.add_row(f"test {key}", f"{test[key]:.4f}")
     t = run.metrics["train"]

@@ -133,6 +133,17 @@ def _noise_clips() -> dict:
     return {"audio": clips, "label": ["a", "b"] * 4}
 
 
+SPEECH = {"name": "speech_recognition", "sample_rate": 8000, "subsample": 2, "conv_channels": 4,
+          "features": {"n_mels": 16}}  # fmt: skip
+
+
+def _spoken_letters() -> dict:
+    """0.1 s of noise per letter, with the letters as the transcript (CTC needs frames to spare)."""
+    texts = ["ab", "ba", "abba", "b", "a", "aab", "bb", "ab"]
+    clips = [np.random.default_rng(i).normal(0, 0.1, 800 * len(t)) for i, t in enumerate(texts)]
+    return {"audio": clips, "text": texts}
+
+
 CASES = {
     "causal_lm": ({"max_length": 16}, {"name": "causal_lm", "max_new_tokens": 4},
                   {"arch": "gpt", "embed_dim": 16, "num_heads": 2, "num_layers": 1},
@@ -179,6 +190,7 @@ CASES = {
     "object_detection": ({}, {"name": "object_detection", "head_channels": 8, "score_threshold": 0.0},
                          {"arch": "cnn", "channels": [8, 8, 8]}, _boxes),
     "audio_classification": ({}, AUDIO, {"arch": "cnn", "channels": [4, 8]}, _noise_clips),
+    "speech_recognition": ({}, SPEECH, {"arch": "rnn", "cell": "gru", "hidden_size": 8}, _spoken_letters),
 }  # fmt: skip
 
 

@@ -226,6 +226,17 @@ BUILTINS: dict[str, Builtin] = {
         install="apt-get install espeak-ng",
         installed=lambda: importlib.import_module("bigmodel.data.spoken_digits").espeak_installed(),
     ),
+    "asterisk-en": Builtin(
+        _reader("asterisk", "read_asterisk_en"),
+        "Real human speech with transcripts: the Asterisk PBX's English prompts recorded by Allison Smith "
+        "(8 kHz mono telephone-band WAV; 551 prompts with speech, 24 min), transcripts normalised to "
+        "lower-case letters, digits, apostrophes and spaces. Held-out prompts chosen by a digest of the "
+        "text (a prompt recorded twice stays in one split): 429 train, 65 validation, 57 test. From the "
+        "Debian packages asterisk-core-sounds-en-wav and asterisk-core-sounds-en (CC-BY-SA-3.0).",
+        package="asterisk-core-sounds-en-wav, asterisk-core-sounds-en (Debian)",
+        install="apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en",
+        installed=lambda: importlib.import_module("bigmodel.data.asterisk").asterisk_installed(),
+    ),
     "srl-templates": Builtin(
         _reader("conll2012", "read_srl_templates"),
         "Synthetic, not a real corpus: 3,000 template sentences with PropBank-style ARG0/ARG1/ARGM-LOC/"

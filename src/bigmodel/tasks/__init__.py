@@ -23,6 +23,7 @@ from bigmodel.tasks.regression import RegressionTask
 from bigmodel.tasks.semantic_role_labeling import SemanticRoleLabelingTask
 from bigmodel.tasks.semantic_segmentation import SemanticSegmentationTask
 from bigmodel.tasks.seq2seq import Seq2SeqTask
+from bigmodel.tasks.speech_recognition import SpeechRecognitionTask
 from bigmodel.tasks.text_classification import TextClassificationTask
 from bigmodel.tasks.token_classification import TokenClassificationTask
 
@@ -42,6 +43,7 @@ TASKS: dict[str, type[Task]] = {
     "image_generation": ImageGenerationTask,
     "object_detection": ObjectDetectionTask,
     "audio_classification": AudioClassificationTask,
+    "speech_recognition": SpeechRecognitionTask,
 }
 
 
