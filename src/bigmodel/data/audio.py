@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bigmodel.data.images import SPLIT_FOLDERS
+from bigmodel.data.folders import read_class_folders
 from bigmodel.data.records import ColumnRecords, Records
 from bigmodel.errors import DataError
 
@@ -305,39 +305,7 @@ def read_audio_folder(root: str | Path) -> dict[str, Records]:
     Returns ``{"data": records}`` or the folder's splits; columns ``audio`` (the path) and ``label``
     (the class folder's name). Files whose suffix is not audio (a README) and hidden files are not
     examples. The fingerprint hashes every file's bytes."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.source 'audio:{root}': not a folder.")
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    splits = {SPLIT_FOLDERS[p.name.lower()]: p for p in subfolders if p.name.lower() in SPLIT_FOLDERS}
-    if splits and "train" not in splits:
-        raise DataError(f"data.source 'audio:{root}': split folders {sorted(splits)} but no train/ folder.")
-    if splits:
-        return {split: _class_folders(folder) for split, folder in splits.items()}
-    return {"data": _class_folders(root)}
-
-
-def _class_folders(root: Path) -> ColumnRecords:
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(
-            f"'{root}': no class folders; an audio folder holds one sub-folder per class (yes/, no/) with "
-            "the clips inside."
-        )
-    paths, labels, digest = [], [], hashlib.sha256()
-    for folder in classes:
-        files = sorted(
-            p for p in folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".")
-        )  # fmt: skip
-        for path in files:
-            paths.append(str(path))
-            labels.append(folder.name)
-            digest.update(f"{path.relative_to(root)}\0{folder.name}\0".encode())
-            digest.update(path.read_bytes())
-    if not paths:
-        raise DataError(f"'{root}': the class folders hold no audio files ({', '.join(AUDIO_SUFFIXES)}).")
-    return ColumnRecords({"audio": paths, "label": labels}, str(root), digest.hexdigest())
+    return read_class_folders(root, "audio", "audio", AUDIO_SUFFIXES, "yes/, no/")
 
 
 def read_audio_manifest(path: str | Path) -> ColumnRecords:

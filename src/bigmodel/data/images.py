@@ -23,14 +23,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from bigmodel.data.folders import read_class_folders
 from bigmodel.data.records import ColumnRecords, Records
 from bigmodel.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".tif", ".tiff",
                   ".webp")  # fmt: skip
 MAX_PIXELS = 64_000_000  # a larger "image" is a decompression bomb or a mistake, not a training example
-SPLIT_FOLDERS = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
-                 "dev": "validation", "test": "test"}  # fmt: skip
 
 
 def is_image_path(value) -> bool:
@@ -186,39 +185,7 @@ def read_image_folder(root: str | Path) -> dict[str, Records]:
     path) and ``label`` (its class folder's name). Files whose suffix is not an image's (a README,
     ``Thumbs.db``) and hidden files are not examples. The fingerprint hashes every file's bytes.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.source 'images:{root}': not a folder.")
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    splits = {SPLIT_FOLDERS[p.name.lower()]: p for p in subfolders if p.name.lower() in SPLIT_FOLDERS}
-    if splits and "train" not in splits:
-        raise DataError(f"data.source 'images:{root}': split folders {sorted(splits)} but no train/ folder.")
-    if splits:
-        return {split: _class_folders(folder) for split, folder in splits.items()}
-    return {"data": _class_folders(root)}
-
-
-def _class_folders(root: Path) -> ColumnRecords:
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(
-            f"'{root}': no class folders; an image folder holds one sub-folder per class (cat/, dog/) with "
-            "the images inside."
-        )
-    paths, labels, digest = [], [], hashlib.sha256()
-    for folder in classes:
-        files = sorted(
-            p for p in folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        )  # fmt: skip
-        for path in files:
-            paths.append(str(path))
-            labels.append(folder.name)
-            digest.update(f"{path.relative_to(root)}\0{folder.name}\0".encode())
-            digest.update(path.read_bytes())
-    if not paths:
-        raise DataError(f"'{root}': the class folders hold no image files ({', '.join(IMAGE_SUFFIXES)}).")
-    return ColumnRecords({"image": paths, "label": labels}, str(root), digest.hexdigest())
+    return read_class_folders(root, "images", "image", IMAGE_SUFFIXES, "cat/, dog/")
 
 
 # --- IDX (MNIST layout) -----------------------------------------------------------------------------
