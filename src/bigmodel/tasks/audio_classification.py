@@ -13,8 +13,6 @@ every class's probability.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -23,28 +21,22 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from bigmodel.data.audio import (
-    AUDIO_SUFFIXES,
-    PATH_COLUMNS,
     decode_audio,
-    is_audio_path,
     load_audio,
-    resample,
 )
 from bigmodel.data.audio_features import FeatureSpec, features
-from bigmodel.data.audio_transforms import add_noise, fit_length, spec_augment, speed_factor, time_shift
+from bigmodel.data.audio_transforms import fit_length, spec_augment, speed_factor
 from bigmodel.data.records import Records
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 from bigmodel.models.registry import build_config
+from bigmodel.tasks.audio import AudioTask
 from bigmodel.tasks.base import (
     ExportSignature,
     LabelOptions,
-    Task,
     batch_signature,
     check_targets,
     clean_missing_labels,
-    is_data_file,
     label_column,
-    read_inputs,
     record_schema,
 )
 from bigmodel.tasks.classification import SingleLabel
@@ -116,7 +108,7 @@ class AudioClassificationOptions(LabelOptions):
     top_k: int = Field(5, ge=1, description="labels predict lists in top_k, most probable first")
 
 
-class AudioClassificationTask(SingleLabel, Task):
+class AudioClassificationTask(SingleLabel, AudioTask):
     """Single-label classification of audio clips over the classes seen in the training split."""
 
     name = "audio_classification"
@@ -124,14 +116,8 @@ class AudioClassificationTask(SingleLabel, Task):
     state_types = {"audio": dict, "class_names": list}
 
     def __init__(self, options, data: dict):
-        super().__init__(options, data)
-        self.audio_spec: dict = {}  # rate, clip length, features, mean/std, pad, frames: fitted on train
+        super().__init__(options, data)  # audio_spec: rate, clip length, features, mean/std, pad, frames
         self._notes: list[str] = []
-        self._noise: list[torch.Tensor] | None = None  # noise recordings, loaded on first use
-
-    @property
-    def audio_column(self) -> str:
-        return self.data.get("audio") or "audio"
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -265,19 +251,6 @@ class AudioClassificationTask(SingleLabel, Task):
 
     # -- examples -----------------------------------------------------------------------------------
 
-    def load(self, example: Mapping, where: str, speed: float = 1.0) -> torch.Tensor:
-        """The example's clip, mono at the task's sample rate ``(T,)``; played ``speed`` times as fast
-        (speed perturbation, done in the same resampling pass as the change of rate)."""
-        if self.audio_column not in example:
-            raise DataError(f"{where}: no '{self.audio_column}' (the audio column).")
-        rate, value = self.audio_spec["sample_rate"], example[self.audio_column]
-        if speed == 1.0:
-            return load_audio(value, where, rate, self.options.resample)
-        wave, found = decode_audio(value, where, rate)
-        if found != rate and not self.options.resample:
-            load_audio(value, where, rate, resample_other_rates=False)  # raises, naming both rates
-        return resample(wave, round(found * speed), rate)
-
     def encode(self, example: dict, rng: np.random.Generator | None) -> dict:
         spec, clip = self.feature_spec, self.audio_spec["clip_samples"]
         aug = self.options.augment
@@ -286,7 +259,7 @@ class AudioClassificationTask(SingleLabel, Task):
         if clip:
             wave = fit_length(wave, clip, rng)
         if rng is not None:
-            wave = self._augment_wave(wave, rng)
+            wave = self.augment_wave(wave, rng)
         x = features(wave, spec)  # (F, frames)
         mean = torch.tensor(self.audio_spec["mean"])[:, None]
         std = torch.tensor(self.audio_spec["std"])[:, None]
@@ -296,31 +269,6 @@ class AudioClassificationTask(SingleLabel, Task):
         label = self.data.get("label") or "label"
         y = self.labels.index(example[label]) if label in example else None
         return {"x": x.unsqueeze(0), "y": y}  # x: (1, F, frames)
-
-    def _augment_wave(self, wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        aug, rate = self.options.augment, self.audio_spec["sample_rate"]
-        if aug.time_shift:
-            wave = time_shift(wave, round(aug.time_shift * rate), rng)
-        if aug.noise_snr is not None and rng.random() < aug.noise_probability:
-            recordings = self._noise_recordings()
-            noise = recordings[int(rng.integers(len(recordings)))] if recordings else None
-            wave = add_noise(wave, aug.noise_snr, rng, noise)
-        return wave
-
-    def _noise_recordings(self) -> list[torch.Tensor]:
-        if self._noise is None:
-            where = self.options.augment.noise
-            if where is None:
-                self._noise = []
-            else:
-                folder = Path(where).expanduser()
-                files = (sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-                         if folder.is_dir() else [folder])  # fmt: skip
-                if not files:
-                    raise DataError(f"task.augment.noise: '{folder}' holds no audio files.")
-                rate = self.audio_spec["sample_rate"]
-                self._noise = [load_audio(f, f"task.augment.noise '{f}'", rate) for f in files]
-        return self._noise
 
     def collate(self, items: list[dict]) -> dict:
         frames = max(item["x"].shape[-1] for item in items)
@@ -347,61 +295,14 @@ class AudioClassificationTask(SingleLabel, Task):
     # -- prediction ---------------------------------------------------------------------------------
 
     def input_schema(self) -> dict:
-        """JSON Schema of one input record: the clip as the base64 text of an audio file (WAV, FLAC, ...),
-        which the server decodes to bytes; ``x-bigmodel-audio`` says the rate and length it becomes."""
+        """JSON Schema of one input record: the clip as the base64 text of an audio file."""
         rate, clip = self.audio_spec["sample_rate"], self.audio_spec["clip_samples"]
         seconds = None if clip is None else clip / rate
-        shaped = f"resampled to {rate} Hz" + (
-            "" if seconds is None else f", cropped or padded to {seconds:g} s"
+        shaped = f"resampled to {rate} Hz" + (f", cropped or padded to {seconds:g} s" if seconds else "")
+        field = self.audio_field(
+            f"the clip: an audio file (WAV, FLAC, OGG, MP3) in base64, mixed to mono and {shaped}", seconds
         )
-        field = {"type": "string", "minLength": 1, "contentEncoding": "base64",
-                 "contentMediaType": "audio/wav", "x-bigmodel-kind": "audio",
-                 "x-bigmodel-audio": {"sample_rate": rate, "clip_seconds": seconds},
-                 "description": f"the clip: an audio file (WAV, FLAC, OGG, MP3) in base64, mixed to mono and "
-                 f"{shaped}"}  # fmt: skip
         return record_schema({self.audio_column: field}, [self.audio_column], "an audio clip")
-
-    def parse(self, raw) -> list[dict]:
-        """Clips to predict on: an audio file, encoded bytes, an array (``(T,)`` one clip at the model's
-        rate, ``(N, T)`` N clips), a ``{"array", "sampling_rate"}`` record, a list of those, records with
-        the audio column, or a .csv/.jsonl file of records (relative paths resolved against its folder).
-        Each clip is decoded here, so a bad one is refused naming it."""
-        if isinstance(raw, (list, tuple)) and not raw:
-            raise DataError(f"inputs: nothing to predict (an empty {type(raw).__name__}).")
-        column = self.audio_column
-        if is_data_file(raw) and not is_audio_path(raw):
-            inputs = read_inputs(raw)
-            base = Path(raw).parent
-            records = [_resolved(r, column, base) for r in inputs.records]
-            names = [f"{inputs.where}: row {r}" for r in inputs.rows]
-        elif _is_record(raw, column) or (
-            isinstance(raw, (list, tuple)) and any(_is_record(r, column) for r in raw)
-        ):
-            inputs = read_inputs(raw)
-            records, names = inputs.records, [f"{inputs.where}: row {r}" for r in inputs.rows]
-        else:
-            clips = self._clip_list(raw)
-            records = [{column: clip} for clip in clips]
-            names = [_input_name(i, len(clips)) for i in range(len(clips))]
-        for record, name in zip(records, names, strict=True):
-            self.load(record, name)  # refuse what cannot be read, naming it
-        return records
-
-    def _clip_list(self, raw) -> list:
-        if isinstance(raw, (np.ndarray, torch.Tensor)):
-            if raw.ndim == 2:
-                return list(raw)  # (N, T): N clips
-            return [raw]
-        if isinstance(raw, (list, tuple)) and all(
-            isinstance(r, (str, Path, bytes, bytearray, np.ndarray, torch.Tensor, Mapping)) for r in raw
-        ):
-            return list(raw)
-        if isinstance(raw, (str, Path)) and not is_audio_path(raw):
-            raise DataError(
-                f"inputs: '{raw}' is neither an audio file ({', '.join(AUDIO_SUFFIXES[:6])}, ...) nor a "
-                ".csv/.jsonl file of records."
-            )
-        return [raw]
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         probs = self.forward(model, batch).float().softmax(dim=-1).cpu()
@@ -418,26 +319,3 @@ class AudioClassificationTask(SingleLabel, Task):
                 "probabilities": {n: round(float(q), 6) for n, q in zip(names, p, strict=True)},
             })  # fmt: skip
         return rows
-
-
-def _is_record(value, column: str) -> bool:
-    """A record (a dict with the audio column), not an audio value such as ``{"array", "sampling_rate"}``."""
-    return isinstance(value, Mapping) and (column in value or not {"array", "bytes", "path"} & set(value))
-
-
-def _resolved(record: dict, column: str, base: Path) -> dict:
-    """A manifest's record with its clip under ``column`` (found under a path column's name when the
-    manifest has no ``column``, as ``audio:`` manifests), a relative path taken from the manifest's folder."""
-    if column not in record:
-        found = next((c for c in PATH_COLUMNS if c in record), None)
-        if found is not None:
-            record = {**{k: v for k, v in record.items() if k != found}, column: record[found]}
-    value = record.get(column)
-    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-        return {**record, column: str(base / value)}
-    return record
-
-
-def _input_name(i: int, n: int) -> str:
-    """How messages name an input (a file's messages add its path)."""
-    return "inputs" if n == 1 else f"inputs: clip {i + 1}"

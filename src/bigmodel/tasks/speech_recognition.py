@@ -21,7 +21,6 @@ Predict takes WAV paths, bytes, arrays or records and returns ``{"text"}``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -32,26 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from bigmodel.data.asterisk import normalize_transcript
-from bigmodel.data.audio import AUDIO_SUFFIXES, decode_audio, is_audio_path, load_audio, resample
 from bigmodel.data.audio_features import FeatureSpec, features
-from bigmodel.data.audio_transforms import add_noise, spec_augment, speed_factor, time_shift
+from bigmodel.data.audio_transforms import spec_augment, speed_factor
 from bigmodel.data.records import Records
 from bigmodel.errors import DataError, RecipeError, UserError, did_you_mean
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.audio_classification import (
-    AudioAugmentOptions,
-    FeatureOptions,
-    _input_name,
-    _is_record,
-    _resolved,
-)
+from bigmodel.tasks.audio import AudioTask
+from bigmodel.tasks.audio_classification import AudioAugmentOptions, FeatureOptions
 from bigmodel.tasks.base import (
     ExportSignature,
     Metric,
-    Task,
     batch_signature,
-    is_data_file,
-    read_inputs,
     record_schema,
 )
 
@@ -206,7 +196,7 @@ class CTCModel(nn.Module):
 # --- the task ----------------------------------------------------------------------------------------
 
 
-class SpeechRecognitionTask(Task):
+class SpeechRecognitionTask(AudioTask):
     """Character-level CTC speech recognition; see the module docstring."""
 
     name = "speech_recognition"
@@ -216,17 +206,11 @@ class SpeechRecognitionTask(Task):
     state_types = {"audio": dict, "vocabulary": list, "transcript_column": str}
 
     def __init__(self, options, data: dict):
-        super().__init__(options, data)
-        self.audio_spec: dict = {}  # rate, features, mean/std, pad: fitted on train
+        super().__init__(options, data)  # audio_spec: rate, features, mean/std, pad: fitted on train
         self.vocabulary: list[str] = []  # characters; id = position + 1 (0 is the blank)
         self._index: dict[str, int] = {}
         self._notes: list[str] = []
-        self._noise: list[torch.Tensor] | None = None
         self.transcript_column = "text"  # fitted: data.label, or the first of TEXT_COLUMNS train has
-
-    @property
-    def audio_column(self) -> str:
-        return self.data.get("audio") or "audio"
 
     def text_column(self, records: Records | None = None) -> str:
         if self.data.get("label"):
@@ -408,29 +392,12 @@ class SpeechRecognitionTask(Task):
 
     # -- examples -----------------------------------------------------------------------------------
 
-    def load(self, example: Mapping, where: str, speed: float = 1.0) -> torch.Tensor:
-        """The example's clip, mono at the task's rate ``(T,)``, played ``speed`` times as fast."""
-        if self.audio_column not in example:
-            raise DataError(f"{where}: no '{self.audio_column}' (the audio column).")
-        rate, value = self.audio_spec["sample_rate"], example[self.audio_column]
-        if speed == 1.0:
-            return load_audio(value, where, rate, self.options.resample)
-        wave, found = decode_audio(value, where, rate)
-        if found != rate and not self.options.resample:
-            load_audio(value, where, rate, resample_other_rates=False)  # raises, naming both rates
-        return resample(wave, round(found * speed), rate)
-
     def encode(self, example: dict, rng: np.random.Generator | None) -> dict:
-        aug, rate = self.options.augment, self.audio_spec["sample_rate"]
+        aug = self.options.augment
         speed = speed_factor(aug.speed, rng) if rng is not None and aug.speed is not None else 1.0
         wave = self.load(example, "example", speed)
         if rng is not None:
-            if aug.time_shift:
-                wave = time_shift(wave, round(aug.time_shift * rate), rng)
-            if aug.noise_snr is not None and rng.random() < aug.noise_probability:
-                recordings = self._noise_recordings()
-                noise = recordings[int(rng.integers(len(recordings)))] if recordings else None
-                wave = add_noise(wave, aug.noise_snr, rng, noise)
+            wave = self.augment_wave(wave, rng)
         x = features(wave, self.feature_spec)  # (F, frames)
         x = (x - torch.tensor(self.audio_spec["mean"])[:, None]) / torch.tensor(self.audio_spec["std"])[
             :, None
@@ -441,20 +408,6 @@ class SpeechRecognitionTask(Task):
         text = self.normalize(example[column]) if isinstance(example.get(column), str) else None
         y = None if text is None else torch.tensor(self.target_ids(text), dtype=torch.long)
         return {"x": x, "y": y, "text": text}
-
-    def _noise_recordings(self) -> list[torch.Tensor]:
-        if self._noise is None:
-            where = self.options.augment.noise
-            self._noise = []
-            if where is not None:
-                folder = Path(where).expanduser()
-                files = (sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-                         if folder.is_dir() else [folder])  # fmt: skip
-                if not files:
-                    raise DataError(f"task.augment.noise: '{folder}' holds no audio files.")
-                rate = self.audio_spec["sample_rate"]
-                self._noise = [load_audio(f, f"task.augment.noise '{f}'", rate) for f in files]
-        return self._noise
 
     def length(self, example: dict) -> int | None:
         """Samples in the clip, from a file's header or an array's size (for ``train.group_by_length``:
@@ -533,47 +486,11 @@ class SpeechRecognitionTask(Task):
 
     def input_schema(self) -> dict:
         rate = self.audio_spec["sample_rate"]
-        field = {"type": "string", "minLength": 1, "contentEncoding": "base64",
-                 "contentMediaType": "audio/wav", "x-bigmodel-kind": "audio",
-                 "x-bigmodel-audio": {"sample_rate": rate, "clip_seconds": None},
-                 "description": "the speech: an audio file (WAV, FLAC, OGG, MP3) in base64, mixed to mono "
-                 f"and resampled to {rate} Hz"}  # fmt: skip
+        field = self.audio_field(
+            "the speech: an audio file (WAV, FLAC, OGG, MP3) in base64, mixed to mono and resampled to "
+            f"{rate} Hz"
+        )
         return record_schema({self.audio_column: field}, [self.audio_column], "a spoken utterance")
-
-    def parse(self, raw) -> list[dict]:
-        """Clips to transcribe: an audio file, encoded bytes, an array (``(T,)`` one clip at the model's
-        rate, ``(N, T)`` N clips), a ``{"array", "sampling_rate"}`` record, a list of those, records with
-        the audio column, or a .csv/.jsonl manifest. Each clip is decoded here, so a bad one is refused
-        naming it."""
-        if isinstance(raw, (list, tuple)) and not raw:
-            raise DataError(f"inputs: nothing to predict (an empty {type(raw).__name__}).")
-        column = self.audio_column
-        if is_data_file(raw) and not is_audio_path(raw):
-            inputs = read_inputs(raw)
-            records = [_resolved(r, column, Path(raw).parent) for r in inputs.records]
-            names = [f"{inputs.where}: row {r}" for r in inputs.rows]
-        elif _is_record(raw, column) or (
-            isinstance(raw, (list, tuple)) and any(_is_record(r, column) for r in raw)
-        ):
-            inputs = read_inputs(raw)
-            records, names = inputs.records, [f"{inputs.where}: row {r}" for r in inputs.rows]
-        else:
-            if isinstance(raw, (np.ndarray, torch.Tensor)):
-                clips = list(raw) if raw.ndim == 2 else [raw]
-            elif isinstance(raw, (list, tuple)):
-                clips = list(raw)
-            elif isinstance(raw, (str, Path)) and not is_audio_path(raw):
-                raise DataError(
-                    f"inputs: '{raw}' is neither an audio file ({', '.join(AUDIO_SUFFIXES[:6])}, ...) nor a "
-                    ".csv/.jsonl file of records."
-                )
-            else:
-                clips = [raw]
-            records = [{column: clip} for clip in clips]
-            names = [_input_name(i, len(clips)) for i in range(len(clips))]
-        for record, name in zip(records, names, strict=True):
-            self.load(record, name)
-        return records
 
     def predict(self, model: nn.Module, batch: dict) -> list[dict]:
         return [{"text": text} for text in self.decode(self.forward(model, batch))]

@@ -1,0 +1,158 @@
+"""What every audio task shares: reading a record's clip at the task's rate (with speed perturbation
+in the same resampling pass), waveform augmentation from the example RNG (time shift, noise from
+recordings or white), the base64 audio field of ``input_schema``, and ``parse`` of clips as users have
+them (files, bytes, arrays, records, manifests). ``audio_classification`` and ``speech_recognition``
+build on it; each keeps its own fitting, features, batches, head and metric.
+
+A subclass sets ``self.audio_spec`` (at least ``sample_rate``) when it fits, and has ``options.resample``
+and ``options.augment`` (:class:`~bigmodel.tasks.audio_classification.AudioAugmentOptions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bigmodel.data.audio import (
+    AUDIO_SUFFIXES,
+    PATH_COLUMNS,
+    decode_audio,
+    is_audio_path,
+    load_audio,
+    resample,
+)
+from bigmodel.data.audio_transforms import add_noise, time_shift
+from bigmodel.errors import DataError
+from bigmodel.tasks.base import Task, is_data_file, read_inputs
+
+
+class AudioTask(Task):
+    """The base of audio tasks (see the module docstring)."""
+
+    def __init__(self, options, data: dict):
+        super().__init__(options, data)
+        self.audio_spec: dict = {}  # fitted on train: at least the sample rate
+        self._noise: list[torch.Tensor] | None = None  # noise recordings, loaded on first use
+
+    @property
+    def audio_column(self) -> str:
+        return self.data.get("audio") or "audio"
+
+    # -- examples -----------------------------------------------------------------------------------
+
+    def load(self, example: Mapping, where: str, speed: float = 1.0) -> torch.Tensor:
+        """The example's clip, mono at the task's sample rate ``(T,)``; played ``speed`` times as fast
+        (speed perturbation, done in the same resampling pass as the change of rate)."""
+        if self.audio_column not in example:
+            raise DataError(f"{where}: no '{self.audio_column}' (the audio column).")
+        rate, value = self.audio_spec["sample_rate"], example[self.audio_column]
+        if speed == 1.0:
+            return load_audio(value, where, rate, self.options.resample)
+        wave, found = decode_audio(value, where, rate)
+        if found != rate and not self.options.resample:
+            load_audio(value, where, rate, resample_other_rates=False)  # raises, naming both rates
+        return resample(wave, round(found * speed), rate)
+
+    def augment_wave(self, wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        aug, rate = self.options.augment, self.audio_spec["sample_rate"]
+        if aug.time_shift:
+            wave = time_shift(wave, round(aug.time_shift * rate), rng)
+        if aug.noise_snr is not None and rng.random() < aug.noise_probability:
+            recordings = self._noise_recordings()
+            noise = recordings[int(rng.integers(len(recordings)))] if recordings else None
+            wave = add_noise(wave, aug.noise_snr, rng, noise)
+        return wave
+
+    def _noise_recordings(self) -> list[torch.Tensor]:
+        if self._noise is None:
+            where = self.options.augment.noise
+            if where is None:
+                self._noise = []
+            else:
+                folder = Path(where).expanduser()
+                files = (sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+                         if folder.is_dir() else [folder])  # fmt: skip
+                if not files:
+                    raise DataError(f"task.augment.noise: '{folder}' holds no audio files.")
+                rate = self.audio_spec["sample_rate"]
+                self._noise = [load_audio(f, f"task.augment.noise '{f}'", rate) for f in files]
+        return self._noise
+
+    # -- prediction ---------------------------------------------------------------------------------
+
+    def audio_field(self, description: str, clip_seconds: float | None = None) -> dict:
+        """The JSON Schema of the audio field: the base64 text of an audio file, which the server decodes
+        to bytes; ``x-bigmodel-audio`` says the rate (and length) it becomes."""
+        return {"type": "string", "minLength": 1, "contentEncoding": "base64",
+                "contentMediaType": "audio/wav", "x-bigmodel-kind": "audio",
+                "x-bigmodel-audio": {"sample_rate": self.audio_spec["sample_rate"],
+                                     "clip_seconds": clip_seconds},
+                "description": description}  # fmt: skip
+
+    def parse(self, raw) -> list[dict]:
+        """Clips to predict on: an audio file, encoded bytes, an array (``(T,)`` one clip at the model's
+        rate, ``(N, T)`` N clips), a ``{"array", "sampling_rate"}`` record, a list of those, records with
+        the audio column, or a .csv/.jsonl file of records (relative paths resolved against its folder).
+        Each clip is decoded here, so a bad one is refused naming it."""
+        if isinstance(raw, (list, tuple)) and not raw:
+            raise DataError(f"inputs: nothing to predict (an empty {type(raw).__name__}).")
+        column = self.audio_column
+        if is_data_file(raw) and not is_audio_path(raw):
+            inputs = read_inputs(raw)
+            base = Path(raw).parent
+            records = [_resolved(r, column, base) for r in inputs.records]
+            names = [f"{inputs.where}: row {r}" for r in inputs.rows]
+        elif _is_record(raw, column) or (
+            isinstance(raw, (list, tuple)) and any(_is_record(r, column) for r in raw)
+        ):
+            inputs = read_inputs(raw)
+            records, names = inputs.records, [f"{inputs.where}: row {r}" for r in inputs.rows]
+        else:
+            clips = self._clip_list(raw)
+            records = [{column: clip} for clip in clips]
+            names = [_input_name(i, len(clips)) for i in range(len(clips))]
+        for record, name in zip(records, names, strict=True):
+            self.load(record, name)  # refuse what cannot be read, naming it
+        return records
+
+    def _clip_list(self, raw) -> list:
+        if isinstance(raw, (np.ndarray, torch.Tensor)):
+            if raw.ndim == 2:
+                return list(raw)  # (N, T): N clips
+            return [raw]
+        if isinstance(raw, (list, tuple)) and all(
+            isinstance(r, (str, Path, bytes, bytearray, np.ndarray, torch.Tensor, Mapping)) for r in raw
+        ):
+            return list(raw)
+        if isinstance(raw, (str, Path)) and not is_audio_path(raw):
+            raise DataError(
+                f"inputs: '{raw}' is neither an audio file ({', '.join(AUDIO_SUFFIXES[:6])}, ...) nor a "
+                ".csv/.jsonl file of records."
+            )
+        return [raw]
+
+
+def _is_record(value, column: str) -> bool:
+    """A record (a dict with the audio column), not an audio value such as ``{"array", "sampling_rate"}``."""
+    return isinstance(value, Mapping) and (column in value or not {"array", "bytes", "path"} & set(value))
+
+
+def _resolved(record: dict, column: str, base: Path) -> dict:
+    """A manifest's record with its clip under ``column`` (found under a path column's name when the
+    manifest has no ``column``, as ``audio:`` manifests), a relative path taken from the manifest's folder."""
+    if column not in record:
+        found = next((c for c in PATH_COLUMNS if c in record), None)
+        if found is not None:
+            record = {**{k: v for k, v in record.items() if k != found}, column: record[found]}
+    value = record.get(column)
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        return {**record, column: str(base / value)}
+    return record
+
+
+def _input_name(i: int, n: int) -> str:
+    """How messages name an input (a file's messages add its path)."""
+    return "inputs" if n == 1 else f"inputs: clip {i + 1}"
