@@ -92,6 +92,8 @@ def test_train_evaluate_predict(trained_run):
         (["evaluate", "/no/such/run"], ["/no/such/run", "no such run directory"]),
         (["predict", "/no/such/run", "x.csv"], ["/no/such/run"]),
         (["train", "--bogus-flag"], ["--bogus-flag"]),
+        # brackets in a message are text, not terminal markup
+        (["train", "digits-mlp", "compress=[{'[red]': {}}]"], ["unknown technique '[red]'"]),
     ],
 )
 def test_user_errors_exit_2_with_a_clear_message(args, expected):

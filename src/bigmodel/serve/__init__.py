@@ -23,5 +23,14 @@ __all__ = ["Predictor", *_LAZY]
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as exc:  # the web stack is an extra, not a core dependency
+            from bigmodel.errors import UserError
+
+            raise UserError(
+                f"serve: the HTTP server needs the '{exc.name}' package, which is not installed: "
+                "pip install 'bigmodel[serve]'."
+            ) from None
+        return getattr(module, name)
     raise AttributeError(f"module 'bigmodel.serve' has no attribute {name!r}")
