@@ -118,7 +118,9 @@ def test_magnitude_fine_tune_keeps_the_zeros(digits, tmp_path):
     task, splits = digits
     model = build(task, CNN)
     few = {"train": splits["train"].select(range(300))}  # no validation: fine-tune without evaluating
-    ctx = StageContext(model, task, few, digits_recipe(CNN), tmp_path / "2-prune", seed=0)
+    ctx = StageContext(
+        model, task, few, digits_recipe(CNN), tmp_path / "2-prune", seed=0, field="compress[1].prune"
+    )
     ctx.folder.mkdir()
     out = prune.apply(ctx, {"method": "magnitude", "amount": 0.6, "steps": 2, "finetune": {"epochs": 1}})
     total = out.spec["sparsity"]["weights"]
@@ -267,7 +269,15 @@ def test_batchnorm_statistics_are_re_measured_after_pruning(digits):
 def test_iterative_channel_pruning_reaches_the_asked_widths(digits, tmp_path):
     task, splits = digits
     few = {"train": splits["train"].select(range(300))}
-    ctx = StageContext(build(task, MLP), task, few, digits_recipe(MLP), tmp_path / "1-prune", seed=0)
+    ctx = StageContext(
+        build(task, MLP),
+        task,
+        few,
+        digits_recipe(MLP),
+        tmp_path / "1-prune",
+        seed=0,
+        field="compress[0].prune",
+    )
     ctx.folder.mkdir()
     out = prune.apply(
         ctx, {"method": "channels", "amount": 0.5, "steps": 3, "finetune": {"epochs": 1, "lr": 1e-3}}
@@ -299,7 +309,15 @@ def test_iterative_channel_pruning_reaches_the_asked_widths(digits, tmp_path):
 )
 def test_bad_options_name_the_field(digits, tmp_path, options, expected):
     task, splits = digits
-    ctx = StageContext(build(task, MLP), task, splits, digits_recipe(MLP), tmp_path / "1-prune", seed=0)
+    ctx = StageContext(
+        build(task, MLP),
+        task,
+        splits,
+        digits_recipe(MLP),
+        tmp_path / "1-prune",
+        seed=0,
+        field="compress[0].prune",
+    )
     with pytest.raises(RecipeError, match=expected):
         prune.apply(ctx, options)
 
@@ -307,7 +325,15 @@ def test_bad_options_name_the_field(digits, tmp_path, options, expected):
 def test_channel_pruning_refuses_other_families_by_name(digits, tmp_path):
     task, splits = digits
     spec = {"arch": "resnet", "layers": [1], "widths": [4], "stem": "small", "stem_width": 4}
-    ctx = StageContext(build(task, spec), task, splits, digits_recipe(spec), tmp_path / "3-prune", seed=0)
+    ctx = StageContext(
+        build(task, spec),
+        task,
+        splits,
+        digits_recipe(spec),
+        tmp_path / "3-prune",
+        seed=0,
+        field="compress[2].prune",
+    )
     with pytest.raises(RecipeError, match=r"compress\[2\]\.prune\.method: .*'resnet' family.*cnn, mlp"):
         prune.apply(ctx, {"method": "channels", "amount": 0.5})
     # magnitude pruning works on it

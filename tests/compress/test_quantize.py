@@ -276,7 +276,9 @@ def stage(digits, tmp_path, model_spec: dict, index: int = 1):
     model = task.build_model(get_family(model_spec["arch"]), options, None).eval()
     folder = tmp_path / f"{index + 1}-quantize"
     folder.mkdir()
-    return StageContext(model, task, splits, digits_recipe(model_spec), folder, seed=0)
+    return StageContext(
+        model, task, splits, digits_recipe(model_spec), folder, seed=0, field=f"compress[{index}].quantize"
+    )
 
 
 @pytest.mark.parametrize(

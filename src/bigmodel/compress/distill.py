@@ -231,7 +231,7 @@ def _device_of(batch: dict) -> torch.device:
 def apply(ctx, options: dict) -> StageOutput:
     """Distil ``ctx.model`` (the teacher) into a new student of ``options["student"]``; see the module
     docstring. Returns the student (CPU, eval mode) and what model.json records to rebuild it."""
-    where = _where(ctx)
+    where = ctx.where("distill")
     opts = parse_options(options, where)
     task, teacher = ctx.task, ctx.model
     cfg = _train_config(ctx.recipe.train, opts.train, where)
@@ -387,13 +387,3 @@ def _shape(value) -> str:
 
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _where(ctx) -> str:
-    """How messages name this stage: ``ctx.field`` (e.g. ``compress[2].distill``) when the runner sets
-    it, else from ``ctx.index``."""
-    named = getattr(ctx, "field", None)
-    if named:
-        return str(named)
-    index = getattr(ctx, "index", None)
-    return f"compress[{index}].distill" if index is not None else "compress.distill"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -41,7 +40,7 @@ from bigmodel.compress.surgery import replace_modules
 from bigmodel.errors import RecipeError, UserError, did_you_mean
 from bigmodel.models.cnn import CNN
 from bigmodel.models.mlp import MLP
-from bigmodel.models.registry import FAMILY_MODULES, get_family
+from bigmodel.models.registry import family_of, get_family
 
 RECALIBRATE_EXAMPLES = 1024
 
@@ -211,7 +210,7 @@ def _structure(model: nn.Module, where: str = "prune") -> tuple[str, Structure, 
         backbone, prefix = inner, "backbone."
     family = next((name for name, s in STRUCTURED.items() if type(backbone) is s.model_cls), None)
     if family is None:
-        name = _family_of(backbone) or type(backbone).__name__
+        name = family_of(backbone) or type(backbone).__name__
         raise RecipeError(
             f"{where}.method: channels: structured pruning does not know the '{name}' family. "
             f"Supported: {', '.join(STRUCTURED)} (resnet's config cannot say a block's inner width apart "
@@ -351,18 +350,6 @@ def prune_channels(model: nn.Module, amount: float) -> tuple[nn.Module, dict]:
 # --- the stage ----------------------------------------------------------------------------------------
 
 
-def _family_of(backbone: nn.Module) -> str | None:
-    """The registered family name of a native model class (``bigmodel.models.cnn.CNN`` -> ``cnn``)."""
-    module = type(backbone).__module__
-    return next((name for name, file in FAMILY_MODULES.items() if module == f"bigmodel.models.{file}"), None)
-
-
-def _where(ctx) -> str:
-    """``compress[i].prune`` from the stage folder's name (``<i + 1>-prune``)."""
-    found = re.fullmatch(r"(\d+)-prune", ctx.folder.name)
-    return f"compress[{int(found.group(1)) - 1}].prune" if found else "compress[?].prune"
-
-
 def _finetune(model: nn.Module, ctx, options: Finetune, folder_name: str, masks: dict | None) -> None:
     """Train ``model`` with the run's ``train`` section (epochs and lr from ``options``); masked
     weights get zero gradients, so they stay zero; the model comes back on the CPU in eval mode."""
@@ -427,12 +414,12 @@ def recalibrate_norms(model: nn.Module, task, records, count: int, batch_size: i
 def apply(ctx, options: dict) -> StageOutput:
     """Prune ``ctx.model`` (left untouched) per ``options`` in ``steps`` steps, fine-tuning after each
     when ``finetune`` is set; returns the pruned model and what model.json holds to rebuild it."""
-    opts = parse_options(options, _where(ctx))
+    opts = parse_options(options, ctx.where("prune"))
     model = copy.deepcopy(ctx.model).cpu().eval()
     params_before = sum(p.numel() for p in model.parameters())
     notes = []
     if opts.method == "magnitude":
-        family = _family_of(getattr(model, "backbone", model)) or ctx.recipe.model.arch
+        family = family_of(getattr(model, "backbone", model)) or ctx.recipe.model.arch
         for step in range(1, opts.steps + 1):
             magnitude_prune(model, opts.amount * step / opts.steps)
             if opts.finetune is not None:
@@ -445,7 +432,7 @@ def apply(ctx, options: dict) -> StageOutput:
             f"({100 * report['global']:.1f} %); dense kernels do not skip zeros, so this alone is not faster"
         )
     else:
-        family = _structure(model, _where(ctx))[0]
+        family = _structure(model, ctx.where("prune"))[0]
         widths = _widths(model)
         for step in range(1, opts.steps + 1):
             kept = [kept_count(w, opts.amount * step / opts.steps) for w in widths]

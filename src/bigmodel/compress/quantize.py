@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -64,7 +63,7 @@ from torch.nn import functional as F
 
 from bigmodel.compress.surgery import replace_modules
 from bigmodel.errors import RecipeError, did_you_mean
-from bigmodel.models.registry import FAMILY_MODULES, build_config, get_family
+from bigmodel.models.registry import build_config, family_of, get_family
 
 FORMAT = 1  # transform.quantize's format version
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -594,21 +593,13 @@ def rebuild(model: nn.Module, transform: dict, tensors: dict[str, torch.Tensor])
 # --- the stage -----------------------------------------------------------------------------------------
 
 
-def _family_of(backbone: nn.Module) -> str | None:
-    module = type(backbone).__module__
-    return next((name for name, file in FAMILY_MODULES.items() if module == f"bigmodel.models.{file}"), None)
-
-
-def _where(ctx) -> str:
-    found = re.fullmatch(r"(\d+)-quantize", ctx.folder.name)
-    return f"compress[{int(found.group(1)) - 1}].quantize" if found else "compress[?].quantize"
-
-
 def _calibration(ctx, options: Options) -> list[dict]:
     """The first ``calibration_batches`` collated batches of the train split (in order: deterministic)."""
     records = ctx.splits.get("train") or ctx.splits.get("validation")
     if records is None or not len(records):
-        raise RecipeError(f"{_where(ctx)}.method: static_int8 calibrates on the train split, which is empty.")
+        raise RecipeError(
+            f"{ctx.where('quantize')}.method: static_int8 calibrates on the train split, which is empty."
+        )
     size = options.calibration_batch_size
     n = min(len(records), options.calibration_batches * size)
     return [
@@ -642,7 +633,7 @@ def apply(ctx, options: dict):
     ``transform.quantize``), and its state as plain tensors."""
     from bigmodel.compress.stages import StageOutput
 
-    where = _where(ctx)
+    where = ctx.where("quantize")
     opts = parse_options(options, where)
     model = ctx.model.eval()
     transform: dict[str, Any] = {"format": FORMAT, "method": opts.method, "engine": opts.engine,
@@ -673,7 +664,7 @@ def apply(ctx, options: dict):
     if opts.method != "weight_only_int8":
         bits = "8 bits (this CPU has VNNI/AMX)" if transform["full_range"] else "7 bits (no VNNI: int16 sums)"
         notes.append(f"int8 activations use {bits}")
-    family = _family_of(getattr(model, "backbone", model)) or ctx.recipe.model.arch
+    family = family_of(getattr(model, "backbone", model)) or ctx.recipe.model.arch
     spec = {"family": family, "config": ctx.task.model_config(model), "transform": {"quantize": transform}}
     return StageOutput(quantized, spec, quantized_state(quantized), notes)
 

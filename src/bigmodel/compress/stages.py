@@ -56,6 +56,11 @@ class StageContext:
     progress: bool = False
     field: str | None = None  # how messages name the stage: compress[i].<technique>
 
+    def where(self, technique: str) -> str:
+        """How messages name this stage: ``compress[i].<technique>``, or ``compress.<technique>`` for a
+        context made outside the runner."""
+        return self.field or f"compress.{technique}"
+
 
 @dataclass
 class StageOutput:

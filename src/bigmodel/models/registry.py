@@ -102,6 +102,12 @@ def family_names() -> list[str]:
     return sorted(FAMILY_MODULES)
 
 
+def family_of(model) -> str | None:
+    """The registered family name of a native model (``bigmodel.models.cnn.CNN`` -> ``cnn``), else None."""
+    module = type(model).__module__
+    return next((name for name, file in FAMILY_MODULES.items() if module == f"bigmodel.models.{file}"), None)
+
+
 def get_family(name: str) -> Family:
     """Import and return the family registered as ``name``, or a user's own ``package.module:Name``
     (a :class:`Family`, or an ``nn.Module`` class whose keyword arguments are its config)."""
