@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bigmodel.data.folders import read_class_folders
+from bigmodel.data.folders import names_file, read_class_folders
 from bigmodel.data.records import ColumnRecords, Records
 from bigmodel.errors import DataError
 
@@ -45,12 +45,7 @@ RESAMPLE_CHUNK = 1 << 15  # output samples gathered at a time (bounds memory on 
 
 def is_audio_path(value) -> bool:
     """Whether ``value`` names an audio file by its suffix (a ``Path``, or a short one-line ``str``)."""
-    if isinstance(value, Path):
-        return value.suffix.lower() in AUDIO_SUFFIXES
-    return (
-        isinstance(value, str) and len(value) < 4096 and "\n" not in value
-        and Path(value).suffix.lower() in AUDIO_SUFFIXES
-    )  # fmt: skip
+    return names_file(value, AUDIO_SUFFIXES)
 
 
 # --- one clip ---------------------------------------------------------------------------------------

@@ -14,6 +14,14 @@ SPLIT_FOLDERS = {"train": "train", "validation": "validation", "valid": "validat
                  "dev": "validation", "test": "test"}  # fmt: skip
 
 
+def names_file(value, suffixes: tuple[str, ...]) -> bool:
+    """Whether ``value`` names a file with one of ``suffixes`` (a ``Path``, or a short one-line ``str``)."""
+    if isinstance(value, Path):
+        return value.suffix.lower() in suffixes
+    short_line = isinstance(value, str) and len(value) < 4096 and "\n" not in value
+    return short_line and Path(value).suffix.lower() in suffixes
+
+
 def read_class_folders(
     root: str | Path, scheme: str, column: str, suffixes: tuple[str, ...], example: str
 ) -> dict[str, Records]:

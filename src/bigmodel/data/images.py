@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from bigmodel.data.folders import read_class_folders
+from bigmodel.data.folders import names_file, read_class_folders
 from bigmodel.data.records import ColumnRecords, Records
 from bigmodel.errors import DataError
 
@@ -34,12 +34,7 @@ MAX_PIXELS = 64_000_000  # a larger "image" is a decompression bomb or a mistake
 
 def is_image_path(value) -> bool:
     """Whether ``value`` names an image file by its suffix (a ``Path``, or a short one-line ``str``)."""
-    if isinstance(value, Path):
-        return value.suffix.lower() in IMAGE_SUFFIXES
-    return (
-        isinstance(value, str) and len(value) < 4096 and "\n" not in value
-        and Path(value).suffix.lower() in IMAGE_SUFFIXES
-    )  # fmt: skip
+    return names_file(value, IMAGE_SUFFIXES)
 
 
 def load_image(value, where: str, channels: int | None = None) -> torch.Tensor:
