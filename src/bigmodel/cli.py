@@ -7,6 +7,7 @@ Heavy imports (torch) happen inside the commands, so ``bigmodel --help`` answers
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -35,20 +36,68 @@ def train(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,  # noqa: UP045
     output: OutputOpt = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(help="Continue this interrupted run exactly.")] = None,  # noqa: UP045
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Train in N processes on this machine (torchrun; one per GPU).")
+    ] = 1,
+    max_restarts: Annotated[
+        int, typer.Option(min=0, help="With --nproc: restart a failed group this often; it resumes.")
+    ] = 0,
 ):
     """Train a recipe; the run directory is printed at the end."""
-    from bigmodel.pipeline import train as run_training
     from bigmodel.recipe import parse_overrides
 
     if resume is None and recipe is None:
         raise UserError(
             "train: give a RECIPE (file or shipped name, see 'bigmodel recipes') or --resume RUN."
         )
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch N copies of this command via torchrun
+        from bigmodel.training.dist import launch
+
+        argv = [a for a in _train_argv() if a]
+        raise typer.Exit(launch(nproc, ["train", *argv], max_restarts))
+    from bigmodel.pipeline import train as run_training
+
     if resume is not None and recipe is not None:
         overrides = [recipe, *(overrides or [])]  # with --resume every argument is an override
         recipe = None
     run = run_training(recipe, output=output, resume=resume, **parse_overrides(overrides or []))
-    _print_summary(run, "Training finished")
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary for a run of many processes
+        _print_summary(run, "Training finished")
+
+
+def _train_argv() -> list[str]:
+    """This ``bigmodel train`` command's arguments without ``--nproc``/``--max-restarts`` (and their
+    values): what each process that torchrun starts is given."""
+    args = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else []
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--nproc", "--max-restarts"):
+            skip = True
+            continue
+        if arg.startswith(("--nproc=", "--max-restarts=")):
+            continue
+        kept.append(arg)
+    return kept
+
+
+@app.command()
+def plan(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML file or shipped recipe name.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,  # noqa: UP045
+    nproc: Annotated[int, typer.Option(min=1, help="Processes the run would use.")] = 1,
+    probe: Annotated[bool, typer.Option(help="Measure a few real steps and the matmul peak.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+):
+    """Before you spend it: parameters, FLOPs, memory, step time, and whether it fits the device."""
+    from bigmodel.pipeline import plan as make_plan
+    from bigmodel.recipe import parse_overrides
+    from bigmodel.training.plan import format_plan
+
+    result = make_plan(recipe, nproc=nproc, probe=probe, **parse_overrides(overrides or []))
+    print(json.dumps(result, indent=2) if as_json else format_plan(result))
 
 
 @app.command()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,12 @@ from bigmodel.models.registry import get_family
 from bigmodel.recipe import Recipe
 from bigmodel.rundir import MODEL_FORMAT, Run, check_run_dir, open_run
 from bigmodel.serve import Predictor
-from bigmodel.tasks import Task, create_task
+from bigmodel.tasks import Task, create_task, restore_task
+from bigmodel.training import dist as dists
+from bigmodel.training import state
 from bigmodel.training.checkpoint import finish_train_state, has_train_state
 from bigmodel.training.loop import fit as fit_loop
+from bigmodel.training.precision import resolve_precision
 from bigmodel.training.validate import evaluate_records, resolve_device
 
 
@@ -80,6 +85,9 @@ def train(
     Returns:
         The :class:`Run`, with ``run.path`` and ``run.metrics``.
     """
+    if resume is None and dists.launched_by_torchrun():
+        resume = _restarted_run(recipe, Path(output), overrides)  # torchrun restarted the group
+        overrides = {} if resume is not None else overrides
     if resume is not None:
         run_dir = check_run_dir(resume, need=("recipe.yaml", "model.json", "task.json", "data.json"))
         if overrides:
@@ -87,19 +95,83 @@ def train(
                 "--resume continues a run with its own recipe; overrides are not allowed with it."
             )
         recipe = load_recipe(run_dir / "recipe.yaml")
-        model, task, info = open_run(run_dir, weights=False)  # checks every file it reads
-        splits, fingerprint = _open_data(recipe, task)  # cleaned by the run's own fitted task
-        if info["fingerprint"] != fingerprint:
-            raise DataError(
-                f"{recipe.data.source}: the data changed since this run started, so resuming would train on "
-                "other examples and another split. Resume with the original data, or start a new run."
+    else:
+        recipe = load_recipe(recipe, **overrides)
+        parse_stages(recipe.compress)  # a bad compression stage fails now, not after training
+    dist = _join(recipe, module=None)
+    try:
+        if resume is not None:
+            model, task, info = open_run(run_dir, weights=False)  # checks every file it reads
+            splits, fingerprint = _open_data(recipe, task)  # cleaned by the run's own fitted task
+            if info["fingerprint"] != fingerprint:
+                raise DataError(
+                    f"{recipe.data.source}: the data changed since this run started, so resuming would train "
+                    "on other examples and another split. Resume with the original data, or start a new run."
+                )
+            return _train(recipe, task, splits, fingerprint, Path(output), progress, resumed=(run_dir, model))
+        task = create_task(recipe)
+        splits, fingerprint = _open_data(recipe, task)
+        return _train(recipe, task, splits, fingerprint, Path(output), progress)
+    finally:
+        if dist.active:
+            dists.teardown()
+
+
+def _join(recipe: Recipe, module) -> dists.Dist:
+    """Join the process group when torchrun launched this process (else one process), refusing
+    what the chosen strategy cannot do."""
+    device = resolve_device(recipe.train.device)
+    resolve_precision(recipe.train.precision, device)  # refused now, before a run directory appears
+    dist, _ = dists.setup(device, recipe.train.distributed.strategy)
+    if dist.active and dist.strategy == "fsdp":
+        if module is not None:
+            raise RecipeError(
+                "train.distributed.strategy: 'fsdp' shards a model built from the recipe; a Python module "
+                "trains with 'ddp'."
             )
-        return _train(recipe, task, splits, fingerprint, Path(output), progress, resumed=(run_dir, model))
+        if recipe.model.adapter is not None:
+            raise RecipeError(
+                "train.distributed.strategy: 'fsdp' with model.adapter (LoRA) is not supported: LoRA "
+                "trains few parameters, so 'ddp' costs little more memory. Use ddp."
+            )
+    return dist
+
+
+LAUNCH_FILE = "launch.json"  # which torchrun launch trains a run: an elastic restart resumes it
+
+
+def _restarted_run(recipe, output: Path, overrides: dict) -> Path | None:
+    """After torchrun restarted a failed group (``--max-restarts``), the run directory its first
+    attempt created (matched by torchrun's run id), to resume; None on a first attempt."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    name = load_recipe(recipe, **overrides).name
+    for launch in sorted((output / name).glob(f"*/{LAUNCH_FILE}"), reverse=True):
+        try:
+            if json.loads(launch.read_text(encoding="utf-8")).get("run_id") == run_id:
+                return launch.parent
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def plan(recipe: str | Path | Mapping | Recipe, nproc: int = 1, probe: bool = True, **overrides: Any) -> dict:
+    """What training the recipe will cost before you spend it: parameters, FLOPs per step, memory per
+    precision and strategy, a step-time estimate from a short measured probe, and whether it fits.
+
+    Args:
+        nproc: processes the run would use (memory per process under ddp/fsdp).
+        probe: run the short measured probe (a few real steps and a matmul peak); False = analysis only.
+    """
+    from bigmodel.training.plan import training_plan
+
     recipe = load_recipe(recipe, **overrides)
-    parse_stages(recipe.compress)  # a bad compression stage fails now, not after training
     task = create_task(recipe)
-    splits, fingerprint = _open_data(recipe, task)
-    return _train(recipe, task, splits, fingerprint, Path(output), progress)
+    splits, _ = _open_data(recipe, task)
+    task.fit(splits["train"])
+    model, _ = _build_model(recipe, task)
+    return training_plan(model, task, splits["train"], recipe.train, world_size=nproc, probe=probe)
 
 
 def _open_data(recipe: Recipe, task) -> tuple[dict[str, Records], str]:
@@ -109,7 +181,13 @@ def _open_data(recipe: Recipe, task) -> tuple[dict[str, Records], str]:
 
 def _train(recipe, task, splits, fingerprint, output: Path, progress: bool, module=None, resumed=None) -> Run:
     """Fit the task, build the model, train, evaluate, and fill the run directory; or, with
-    ``resumed=(run_dir, model)``, continue that run from its last checkpoint."""
+    ``resumed=(run_dir, model)``, continue that run from its last checkpoint.
+
+    With many processes every rank trains and evaluates; rank 0 alone fits the task, creates and
+    writes the run directory, compresses and reports, and the other ranks read the fitted task back.
+    """
+    dist = replace(dists.current(), strategy=recipe.train.distributed.strategy)
+    progress = progress and dist.main
     if resumed is not None:
         run_dir, model = resumed
         if not has_train_state(run_dir):
@@ -123,33 +201,19 @@ def _train(recipe, task, splits, fingerprint, output: Path, progress: bool, modu
             # cost a model-sized write (~90 MB for MiniLM) and time at the start of every run.
             model, _ = _build_model(recipe, task)
     else:
-        task.fit(splits["train"])
-        for name, records in splits.items():
-            task.validate(records, name)
-        for note in task.notes():
-            if progress:
-                print(f"note: {note}", flush=True)
-        if module is None:
-            model, spec = _build_model(recipe, task)
+        run_dir = None
+        if dist.main:
+            try:
+                model, run_dir = _start_run(recipe, task, splits, fingerprint, output, progress, module)
+            finally:
+                dists.broadcast(str(run_dir) if run_dir else None, dist)  # the others wait for it
         else:
-            _check_module(module, task, splits["train"])
-            model = module
-            spec = {"format": MODEL_FORMAT, "module": _qualified_name(module)}
-        # Only now, with data, task and model checked, does the run directory appear.
-        run_dir = _new_run_dir(output, recipe.name)
-        write_text(run_dir / "recipe.yaml", recipes.to_yaml(recipe))
-        write_json(run_dir / "model.json", spec)
-        write_json(run_dir / "task.json", task.state())
-        task.save(run_dir)
-        write_json(
-            run_dir / "data.json",
-            {
-                "source": recipe.data.source,
-                "fingerprint": fingerprint,
-                "notes": task.notes(),
-                "split_sizes": {name: len(records) for name, records in splits.items()},
-            },  # fmt: skip
-        )
+            run_dir = dists.broadcast(None, dist)
+            if run_dir is None:
+                raise RunDirError("rank 0 could not start the run (its message says why); this rank stops.")
+            run_dir = Path(run_dir)
+            task = restore_task(json.loads((run_dir / "task.json").read_text(encoding="utf-8")), run_dir)
+            model = module if module is not None else _build_model(recipe, task)[0]  # the same seed
 
     params = parameter_report(model, recipe.train.optimizer.name)
     if progress:
@@ -164,21 +228,30 @@ def _train(recipe, task, splits, fingerprint, output: Path, progress: bool, modu
         model, task, splits["train"], splits.get("validation"), recipe.train, run_dir, recipe.seed,
         resume=resumed is not None, show_progress=progress,
     )  # fmt: skip
-    if recipe.model.adapter is not None:
-        _save_adapter(model, recipe, task, run_dir, progress)
-    save_weights(model, run_dir / "model.safetensors")
-    finish_train_state(run_dir, recipe.train.keep_train_state)
+    trained = result.model  # the module that trained (DDP wrapper, FSDP-sharded, or the model itself)
+    if dist.active and dist.strategy == "fsdp":  # a plain model with the whole weights, for what follows
+        weights = state.full_model_state(trained, dist)
+        if dist.main:
+            model = _build_model(recipe, task)[0].to(next(iter(weights.values())).device)
+            model.load_state_dict(weights)
+    if result.precision.weight_dtype != torch.float32:
+        model.float()  # bf16-true trained bf16 weights: kept exactly, stored and served as fp32
+    if dist.main:
+        if recipe.model.adapter is not None:
+            _save_adapter(model, recipe, task, run_dir, progress)
+        save_weights(model, run_dir / "model.safetensors")
+        finish_train_state(run_dir, recipe.train.keep_train_state)
 
-    device = next(model.parameters()).device
+    device = next(trained.parameters()).device
     batch_size, workers = recipe.train.evaluation_batch_size, recipe.train.num_workers
     report = {}
     for name, records in splits.items():  # validation before test
         if name == "train":
             continue
-        report[name] = evaluate_records(model, task, records, batch_size, device, workers)
-        if name == "validation" and task.calibrate(report[name]):  # e.g. a threshold chosen on validation
+        evaluated = trained if dist.active else model
+        report[name] = evaluate_records(evaluated, task, records, batch_size, device, workers, dist=dist)
+        if name == "validation" and task.calibrate(report[name]) and dist.main:  # a threshold, say
             write_json(run_dir / "task.json", task.state())
-    write_json(run_dir / "eval.json", report)
     metrics = {
         "train": {
             "steps": result.steps,
@@ -186,17 +259,56 @@ def _train(recipe, task, splits, fingerprint, output: Path, progress: bool, modu
             "time_s": round(result.time_s, 3),
             "samples_per_s": round(result.samples_per_s, 1),
             "stopped_early": result.stopped_early,
+            **({"processes": dist.world, "strategy": dist.strategy} if dist.active else {}),
             **params,
             **({"best": result.best} if result.best else {}),
         },
         **{name: scalar_metrics(m) for name, m in report.items()},
     }
-    write_json(run_dir / "summary.json", metrics)
-    write_manifest(run_dir)  # last: a run directory with a manifest is a finished one
-    if recipe.compress:  # compress/ is a sub-folder: later stages' results, outside the manifest
-        run_stages(model.cpu(), task, splits, recipe, run_dir, run_dir / "model.safetensors", progress)
-    _finish_report(run_dir, model, task, splits, progress)
+    if dist.main:
+        write_json(run_dir / "eval.json", report)
+        write_json(run_dir / "summary.json", metrics)
+        write_manifest(run_dir)  # last: a run directory with a manifest is a finished one
+        if recipe.compress:  # compress/ is a sub-folder: later stages' results, outside the manifest
+            run_stages(model.cpu(), task, splits, recipe, run_dir, run_dir / "model.safetensors", progress)
+        _finish_report(run_dir, model, task, splits, progress)
+    dists.barrier(dist)
     return Run(run_dir, recipe, metrics)
+
+
+def _start_run(recipe, task, splits, fingerprint, output: Path, progress: bool, module):
+    """Fit the task, check the splits, build the model, and create the run directory with everything
+    needed to rebuild them; returns ``(model, run_dir)``."""
+    task.fit(splits["train"])
+    for name, records in splits.items():
+        task.validate(records, name)
+    for note in task.notes():
+        if progress:
+            print(f"note: {note}", flush=True)
+    if module is None:
+        model, spec = _build_model(recipe, task)
+    else:
+        _check_module(module, task, splits["train"])
+        model = module
+        spec = {"format": MODEL_FORMAT, "module": _qualified_name(module)}
+    # Only now, with data, task and model checked, does the run directory appear.
+    run_dir = _new_run_dir(output, recipe.name)
+    write_text(run_dir / "recipe.yaml", recipes.to_yaml(recipe))
+    write_json(run_dir / "model.json", spec)
+    write_json(run_dir / "task.json", task.state())
+    task.save(run_dir)
+    write_json(
+        run_dir / "data.json",
+        {
+            "source": recipe.data.source,
+            "fingerprint": fingerprint,
+            "notes": task.notes(),
+            "split_sizes": {name: len(records) for name, records in splits.items()},
+        },  # fmt: skip
+    )
+    if dists.launched_by_torchrun():  # an elastic restart of this launch finds its run by this
+        write_json(run_dir / LAUNCH_FILE, {"run_id": os.environ.get("TORCHELASTIC_RUN_ID", "")})
+    return model, run_dir
 
 
 def _finish_report(run_dir: Path, model: nn.Module, task, splits: dict, progress: bool) -> None:
@@ -359,7 +471,12 @@ def fit(
     records = ColumnRecords({"x": x.astype(np.float32), "label": y.tolist()}, "arrays", digest)
     splits, fingerprint = open_splits(recipe.data, recipe.seed, task_.strata, given={"data": records})
     splits = {n: task_.clean(r, n) for n, r in splits.items()}
-    return _train(recipe, task_, splits, fingerprint, Path(output), progress, module=module)
+    dist = _join(recipe, module)
+    try:
+        return _train(recipe, task_, splits, fingerprint, Path(output), progress, module=module)
+    finally:
+        if dist.active:
+            dists.teardown()
 
 
 def _array(name: str, value, dtype) -> np.ndarray:

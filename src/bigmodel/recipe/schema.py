@@ -213,6 +213,15 @@ class EarlyStoppingConfig(Strict):
     restore_best: bool = True
 
 
+class DistributedConfig(Strict):
+    """How a run launched by torchrun (or ``bigmodel train --nproc N``) spreads over processes; a
+    single process ignores it."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: a full replica per process; fsdp: FSDP2 fully_shard, each block sharded"
+    )
+
+
 class TrainConfig(Strict):
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (results do not change)")
@@ -229,6 +238,22 @@ class TrainConfig(Strict):
     eval_every: int | None = Field(None, ge=1, description="steps between validations; default: each epoch")
     checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints (and every epoch end)")
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
+    precision: Literal["fp32", "bf16", "fp16", "bf16-true"] = Field(
+        "fp32",
+        description="fp32; bf16/fp16: autocast (mixed precision, fp32 weights; fp16 with a gradient "
+        "scaler, CUDA only); bf16-true: weights and optimizer state in bf16 too",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="recompute each block's activations in the backward pass (less memory, more compute)",
+    )
+    compile: bool = Field(False, description="torch.compile the model (a slow first step; pays on GPUs)")
+    distributed: DistributedConfig = DistributedConfig()
+    peak_tflops: float | None = Field(
+        None,
+        gt=0.0,
+        description="the device's peak TFLOP/s, for MFU in the logs (`bigmodel plan` measures it)",
+    )
     keep_train_state: Literal["last", "none"] = Field(
         "last", description="after a run finishes: keep its last checkpoint (to train on) or delete it"
     )

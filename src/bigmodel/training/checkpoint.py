@@ -10,6 +10,12 @@ and older step files are deleted only after it moved. When it is missing or dama
 damaged file, resume falls back to the newest step file that checks out, so losing the pointer never
 loses the run. A run killed before its first checkpoint has neither; it starts again from step 0.
 
+A run of many processes (torchrun) writes ``train_state/step-N/`` instead: a folder written with
+``torch.distributed.checkpoint`` in which every rank saves its own share as safetensors (no gather to
+one rank; no pickle), plus ``meta.json`` from rank 0. It is written as ``step-N.partial`` and renamed
+when every rank has finished, then committed by ``latest.json`` as above. Either kind resumes on any
+number of processes (see training/state.py).
+
 While a process trains a run it holds ``train_state/.lock`` (``flock``: the kernel releases it when
 the process dies, even by SIGKILL), so two processes never train, resume or checkpoint one run.
 """
@@ -42,7 +48,9 @@ STATE_DIR = "train_state"
 POINTER = "latest.json"
 LOCK = ".lock"
 META_KEY = "train_state"  # the step file's metadata entry holding the JSON state
-_STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
+_STEP_FILE = re.compile(r"^step-(\d+)(?:\.safetensors)?$")  # a file (one process) or a folder (many)
+SHARD_META = "meta.json"
+PARTIAL = ".partial"
 
 
 def step_file(step: int) -> str:
@@ -83,10 +91,56 @@ def save_train_state(run_dir: Path, step: int, tensors: dict[str, torch.Tensor],
     state = json.dumps({**meta, "step": step}, sort_keys=True)
     save_tensors(folder / name, tensors, {META_KEY: state, "sha256": _digest(tensors)})
     write_json(folder / POINTER, {"step": step, "tensors": name})
-    for old in folder.glob("step-*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    _drop_other_steps(folder, name)
     remove_temporaries(folder)
+
+
+def _drop_other_steps(folder: Path, keep: str) -> None:
+    for _, old in _steps(folder):
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+
+
+def save_sharded_state(run_dir: Path, step: int, tensors: dict, meta: dict, dist) -> None:
+    """Every rank writes its share of ``tensors`` (DTensor shards, or its part of replicated tensors:
+    the planner spreads those over ranks) into ``train_state/step-N/`` with
+    ``torch.distributed.checkpoint`` in safetensors files; rank 0 adds ``meta.json`` (the state, and
+    the global shape of every tensor, checked on resume) and commits it. Call on every rank."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    from bigmodel.training.dist import barrier
+
+    folder = Path(run_dir) / STATE_DIR
+    name = step_file(step).removesuffix(".safetensors")
+    partial = folder / (name + PARTIAL)
+    if dist.main:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    barrier(dist)
+    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(partial), save_distributed=True))
+    barrier(dist)
+    if dist.main:
+        shapes = {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in tensors.items()}
+        write_json(partial / SHARD_META, {**meta, "step": step, "tensors": shapes})
+        for path in partial.iterdir():  # on disk before the rename makes the folder a checkpoint
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(partial, folder / name)
+        write_json(folder / POINTER, {"step": step, "tensors": name})
+        _drop_other_steps(folder, name)
+        remove_temporaries(folder)
+    barrier(dist)
+
+
+def read_sharded(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Fill ``tensors`` (shaped, or sharded, like this process's state) in place from the
+    ``step-N/`` folder ``path``: each process reads only what it holds, whatever the number of
+    processes that wrote it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path)))
 
 
 @dataclass
@@ -94,9 +148,13 @@ class TrainState:
     """A checkpoint read back: its file, tensors, metadata (with ``step``), and what was skipped."""
 
     path: Path
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor] | None  # None for a sharded folder: read it with read_sharded
     meta: dict
-    skipped: list[str] = field(default_factory=list)  # "<file>: <what is wrong>" for each file passed over
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def sharded(self) -> bool:
+        return self.path.is_dir()  # "<file>: <what is wrong>" for each file passed over
 
 
 def has_train_state(run_dir: Path) -> bool:
@@ -154,7 +212,9 @@ def _steps(folder: Path) -> list[tuple[int, Path]]:
     return [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
 
 
-def _read_step(path: Path, latest: dict | None, check) -> tuple[dict[str, torch.Tensor], dict]:
+def _read_step(path: Path, latest: dict | None, check) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    if path.is_dir():
+        return None, _read_sharded_meta(path, check)
     if not path.is_file():
         raise ValueError("missing")
     if path.stat().st_size == 0:
@@ -175,6 +235,23 @@ def _read_step(path: Path, latest: dict | None, check) -> tuple[dict[str, torch.
     if check is not None:
         check(tensors, meta)
     return tensors, meta
+
+
+def _read_sharded_meta(path: Path, check) -> dict:
+    """A sharded checkpoint's meta.json, checked: its step, its shard files, the saved tensors' shapes."""
+    meta_path = path / SHARD_META
+    if not meta_path.is_file():
+        raise ValueError(f"no {SHARD_META} (not a complete checkpoint)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or meta.get("step") != int(_STEP_FILE.match(path.name).group(1)):
+        raise ValueError("its metadata does not hold the step its name says")
+    if not any(p.suffix == ".safetensors" for p in path.iterdir()):
+        raise ValueError("it holds no tensor files")
+    if not isinstance(meta.get("tensors"), dict):
+        raise ValueError("its metadata lacks the list of saved tensors")
+    if check is not None:
+        check(None, meta)
+    return meta
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -199,6 +276,8 @@ def clean_temporaries(run_dir: Path) -> None:
     """Delete what writers killed mid-write left: every temporary in ``train_state`` (call it holding
     the run's lock: no one else writes there) and, in the run directory, those of dead processes."""
     remove_temporaries(Path(run_dir) / STATE_DIR, every=True)
+    for partial in (Path(run_dir) / STATE_DIR).glob(f"step-*{PARTIAL}"):  # a sharded save never committed
+        shutil.rmtree(partial, ignore_errors=True)
     remove_temporaries(run_dir)
 
 

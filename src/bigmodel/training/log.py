@@ -27,8 +27,11 @@ class RunLogger:
 
     PLAIN_EVERY_S = 5.0
 
-    def __init__(self, path: Path, total_steps: int, show: bool = True, interactive: bool | None = None):
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+    def __init__(
+        self, path: Path | None, total_steps: int, show: bool = True, interactive: bool | None = None
+    ):
+        # path None: another process (rank 0) writes the file; this one only counts
+        self.file = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115 (closed in close())
         self.show = show
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self.total_steps = total_steps
@@ -50,13 +53,20 @@ class RunLogger:
             self._progress.start()
 
     def write(self, record: dict) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
-    def step(self, step: int, epoch: int, loss: float, lr: float, samples_per_s: float, record: bool) -> None:
+    def step(
+        self, step: int, epoch: int, loss: float, lr: float, samples_per_s: float, record: bool,
+        extra: dict[str, float] | None = None,
+    ) -> None:  # fmt: skip
+        """One optimizer step; ``extra``: tokens/s, TFLOP/s and MFU where known."""
+        extra = extra or {}
         if record:
             self.write({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": samples_per_s,
-                        "time": round(time.time(), 3)})  # fmt: skip
+                        **extra, "time": round(time.time(), 3)})  # fmt: skip
         if not self.show:
             return
         if self._progress is not None:
@@ -65,9 +75,11 @@ class RunLogger:
             )
         elif time.monotonic() - self._last_plain >= self.PLAIN_EVERY_S or step == self.total_steps:
             self._last_plain = time.monotonic()
+            rates = f"  {extra['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in extra else ""
+            rates += f"  MFU {extra['mfu']:.1%}" if "mfu" in extra else ""
             print(
                 f"step {step}/{self.total_steps}  epoch {epoch}  loss {loss:.4f}  lr {lr:.3g}  "
-                f"{samples_per_s:,.0f} samples/s",
+                f"{samples_per_s:,.0f} samples/s{rates}",
                 flush=True,
             )
 
@@ -88,7 +100,8 @@ class RunLogger:
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def trim_metrics(path: Path, last_step: int) -> None:

@@ -6,6 +6,8 @@ not fit in memory); the metric's state is sums that merge across processes.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -13,6 +15,8 @@ from torch import nn
 from bigmodel.data.loader import TaskDataset, eval_batches, to_device
 from bigmodel.data.records import Records
 from bigmodel.errors import RecipeError
+from bigmodel.training import dist as dists
+from bigmodel.training.dist import SINGLE, Dist
 
 
 @torch.no_grad()
@@ -24,24 +28,43 @@ def evaluate_records(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     lengths: np.ndarray | None = None,
+    precision=None,
+    dist: Dist = SINGLE,
 ) -> dict:
     """The task's metrics (its ``metric().compute()``) over ``records``, in eval mode.
 
     Examples of tasks with a length (text) are batched longest first, so batches pad little;
     ``lengths`` (from :func:`example_lengths`) saves measuring them again on every call.
     The model's train/eval mode is restored afterwards.
+
+    Args:
+        precision: run the forward passes under its autocast (training's validation); None = fp32.
+        dist: with many processes, rank r evaluates every w-th example and the metric's state is
+            merged over ranks, so every rank returns the same numbers. A rank with fewer batches runs
+            its first one again without counting it: an FSDP forward needs every rank.
     """
     was_training = model.training
     model.eval()
     metric = task.metric()
     dataset = TaskDataset(records, task.encode, train=False)
     lengths = example_lengths(task, records) if lengths is None else lengths
+    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
+    batches = eval_batches(dataset, batch_size, task.collate, num_workers, dist.rank, dist.world, lengths)
+    rounds = dists.max_over_ranks(len(batches), dist)
+    filler = None
     try:
-        for batch in eval_batches(dataset, batch_size, task.collate, num_workers, lengths=lengths):
-            batch = to_device(batch, device)
-            metric.update(task.forward(model, batch), batch)
+        with autocast:
+            for batch in batches:
+                batch = to_device(batch, device)
+                filler = batch if filler is None else filler
+                metric.update(task.forward(model, batch), batch)
+            for _ in range(rounds - len(batches)):
+                if filler is None:  # this rank got no example at all
+                    filler = to_device(task.collate([dataset[0]]), device)
+                task.forward(model, filler)
     finally:
         model.train(was_training)
+    dists.merge_metric(metric, dist)
     return metric.compute()
 
 
