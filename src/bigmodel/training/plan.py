@@ -52,6 +52,12 @@ MEASURE_BATCH = 8  # examples in the measured micro-batch; activations scale lin
 MATMUL_SIZE = 2048
 PROBE_WARMUP, PROBE_STEPS, PROBE_SECONDS = 1, 3, 30.0
 MAX_LENGTH_SCAN = 100_000  # records whose length is read to find the longest micro-batch
+# On a CPU, glibc's malloc keeps freed blocks of each step's activations and gradients in its heap (it
+# raises its mmap threshold as mapped blocks are freed, and varying batch shapes fragment the heap), so
+# RSS exceeds the live tensors. Measured over 4-10 real steps (docs/results.md): GPT-2 124M +22 % of
+# its activations and gradients, a MiniLM fine-tune (varying lengths) +45-75 %. MALLOC_MMAP_THRESHOLD_
+# =131072 removes it, at the cost of page faults on every large buffer every step.
+CPU_HEAP_ALLOWANCE = 0.5
 _PEAK_DTYPE = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
@@ -296,6 +302,8 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
     flops = _flops(work, steps[PROBE_WARMUP:], counted, cfg.grad_accum_steps, world_size)
     act_scale = batch_size / m
     sizing = _Sizing(timelines, params, m, batch_size, world_size, cfg, blocks_of(work))
+    if device.type == "cpu":
+        sizing.allocator_fraction = CPU_HEAP_ALLOWANCE
     rows = [sizing.row(p, s) for p in PRECISIONS for s in STRATEGIES]
     for row in rows:
         row["chosen"] = row["precision"] == cfg.precision and row["strategy"] == strategy
@@ -323,7 +331,9 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
             "rows": rows,
             "method": f"one forward+backward of {m} real examples measured (every storage created and "
             f"freed), activations scaled ×{act_scale:g} to the micro-batch; weights, gradients and "
-            "optimizer state counted from the parameters",
+            "optimizer state counted from the parameters; extra = DDP's gradient buckets or FSDP's "
+            "unsharded blocks; alloc. = what the CPU's malloc keeps beyond the live tensors, an allowance "
+            f"of {CPU_HEAP_ALLOWANCE:g}× activations and gradients measured with glibc",
         },
         "probe": probe_result,
         "schedule": schedule,
@@ -388,6 +398,7 @@ class _Sizing:
     world: int
     cfg: Any
     blocks: list[nn.Module]
+    allocator_fraction: float = 0.0  # malloc's retained bytes per byte of activations and gradients
 
     def row(self, precision: str, strategy: str, world: int | None = None, batch_size: int | None = None,
             cfg=None) -> dict:  # fmt: skip
@@ -396,7 +407,8 @@ class _Sizing:
         ``activations`` is the forward+backward peak beyond the gradients (saved activations, transient
         buffers, autocast's weight copies), scaled to the micro-batch. ddp adds its gradient buckets (a
         second copy of the gradients); fsdp divides weights, gradients and optimizer state by the world
-        size and adds its unsharded working set.
+        size and adds its unsharded working set. ``allocator`` is what the CPU's malloc keeps beyond the
+        live tensors (``CPU_HEAP_ALLOWANCE``).
         """
         world, cfg = world or self.world, cfg or self.cfg
         act_scale = (batch_size or self.batch_size) / self.measured
@@ -421,6 +433,7 @@ class _Sizing:
             "optimizer_state": mem["optimizer_state"] * shard,
             "activations": activations,
             "extra": extra,
+            "allocator": self.allocator_fraction * (activations + grads),
         }
         row["total"] = sum(v for k, v in row.items() if k not in ("precision", "strategy"))
         return {k: (round(v) if isinstance(v, float) else v) for k, v in row.items()}
@@ -726,11 +739,11 @@ def format_plan(plan: dict) -> str:
         "",
         f"Memory per process, {unit} (* = the recipe's choice; {choice['world_size']} process(es); "
         f"activation checkpointing {'on' if choice['activation_checkpointing'] else 'off'}):",
-        f"  {'precision':<10}{'strategy':<9}{'weights':>9}{'grads':>9}{'optim':>9}{'activ.':>9}{'extra':>9}"
-        f"{'total':>9}",
+        f"  {'precision':<10}{'strategy':<9}"
+        + "".join(f"{h:>9}" for h in ("weights", "grads", "optim", "activ.", "extra", "alloc.", "total")),
     ]
     for row in plan["memory"]["rows"]:
-        parts = ("weights", "gradients", "optimizer_state", "activations", "extra", "total")
+        parts = ("weights", "gradients", "optimizer_state", "activations", "extra", "allocator", "total")
         cells = "".join(f"{row[k] / scale:>9.3f}" for k in parts)
         lines.append(f"{'*' if row['chosen'] else ' '} {row['precision']:<10}{row['strategy']:<9}{cells}")
     lines.append(f"  ({plan['memory']['method']})")
