@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
@@ -64,8 +65,26 @@ def setup(device: torch.device, strategy: str = "ddp") -> tuple[Dist, torch.devi
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        tdist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        tdist.init_process_group(
+            backend, store=_attempt_store(rank, world), rank=rank, world_size=world,
+            device_id=device if device.type == "cuda" else None,
+        )  # fmt: skip
     return Dist(rank, world, local_rank, strategy), device
+
+
+def _attempt_store(rank: int, world: int) -> tdist.Store:
+    """torchrun's key-value store, under a prefix of its own for each restart of the group.
+
+    torchrun (2.13) keeps one store across elastic restarts, so a restarted group's ranks could read
+    the addresses the dead group published and fail to connect (gloo: "Connection refused"). The
+    prefix makes each attempt's keys its own.
+    """
+    agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = tdist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+        is_master=not agent_hosts_it and rank == 0, timeout=timedelta(minutes=30),
+    )  # fmt: skip
+    return tdist.PrefixStore(f"bigmodel/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def teardown() -> None:

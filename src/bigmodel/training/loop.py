@@ -186,6 +186,8 @@ def _fit(model, task, train, validation, cfg, run_dir: Path, seed, resume, show_
             lr = optimizer.param_groups[0]["lr"]
             record = step % cfg.log_every == 0 or epoch_done or step == 1
             rates = throughput.rates(step_time, dist.world)
+            if device.type == "cuda":  # what the step really held, to set against `bigmodel plan`
+                rates["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             logger.step(step, sampler.epoch, loss_sum / num_items, lr, speed, record=record, extra=rates)
             eval_due = (step % cfg.eval_every == 0) if cfg.eval_every else epoch_done
             if validation is not None and (eval_due or step == total_steps):
@@ -339,6 +341,8 @@ def _checker(model: nn.Module):
                 for k, (shape, dtype) in meta["tensors"].items()
                 if k.startswith("model.")
             }
+            for alias, name in meta["optimizer"].get("aliases", {}).items():  # tied weights, stored once
+                found[alias] = found.get(name)
         if missing:
             raise ValueError(f"not a complete training state: it lacks {', '.join(missing)}")
         if found != expected:

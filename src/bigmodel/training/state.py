@@ -31,7 +31,7 @@ def gather(model: nn.Module, optimizer: torch.optim.Optimizer, dist: Dist) -> tu
         optim_tensors, optim_meta = ckpt.optimizer_to_flat(optimizer.state_dict())
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         return {**tensors, **optim_tensors}, optim_meta
-    tensors = {f"model.{k}": v for k, v in get_model_state_dict(model).items()}
+    tensors, aliases = _without_aliases({f"model.{k}": v for k, v in get_model_state_dict(model).items()})
     osd = get_optimizer_state_dict(model, optimizer)
     order = _order(osd)
     scalars = {}
@@ -42,13 +42,28 @@ def gather(model: nn.Module, optimizer: torch.optim.Optimizer, dist: Dist) -> tu
             else:
                 scalars[f"{order[fqn]}.{slot}"] = value
     groups = [{**g, "params": [order[fqn] for fqn in g["params"]]} for g in osd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
+    return tensors, {"param_groups": groups, "scalars": scalars, "aliases": aliases}
+
+
+def _without_aliases(tensors: dict) -> tuple[dict, dict[str, str]]:
+    """Tied weights (a GPT's head is its embedding) once: ``(tensors, {alias: kept name})``. A
+    sharded checkpoint stores each tensor once and refuses two names for one storage."""
+    kept, aliases, seen = {}, {}, {}
+    for key, value in tensors.items():
+        local = getattr(value, "_local_tensor", value)
+        ident = (local.untyped_storage().data_ptr(), local.storage_offset(), tuple(local.shape))
+        if local.numel() and ident in seen:
+            aliases[key] = seen[ident]
+        else:
+            seen[ident] = key
+            kept[key] = value
+    return kept, aliases
 
 
 def template(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """Tensors shaped (and, under FSDP, sharded) like :func:`gather`'s, for a sharded checkpoint to
     load into in place. An optimizer that has not stepped yet gets its state created first."""
-    tensors = {f"model.{k}": v for k, v in get_model_state_dict(model).items()}
+    tensors, _ = _without_aliases({f"model.{k}": v for k, v in get_model_state_dict(model).items()})
     osd = get_optimizer_state_dict(model, optimizer)
     order = _order(osd)
     for fqn, slots in osd["state"].items():
@@ -66,6 +81,8 @@ def apply(
     Args:
         full: the tensors are whole (a one-process checkpoint) rather than this rank's shards.
     """
+    for alias, name in meta.get("aliases", {}).items():
+        tensors.setdefault(alias, tensors[name])
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     if not dist.active and full:
         unwrap(model).load_state_dict(model_sd)
