@@ -226,9 +226,9 @@ def compare(spec: dict, tmp_path: Path) -> dict:
     return figures
 
 
-def check(figures: dict) -> None:
+def check(figures: dict, tensors_within: float = 0.05) -> None:
     assert figures["memory_ratio"] == pytest.approx(1.0, abs=0.15)
-    assert figures["tensors_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert figures["tensors_ratio"] == pytest.approx(1.0, abs=tensors_within)
     assert figures["time_ratio"] == pytest.approx(1.0, abs=0.25)
 
 
@@ -240,6 +240,16 @@ def test_gpt2_124m_estimates_match_real_steps(corpus, tmp_path):
         corpus, gpt2, max_length=64, tokenizer="gpt2", batch_size=4, optimizer={"name": "adamw"}
     )
     check(compare(spec, tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_checkpointing_estimates_match_real_steps(corpus, tmp_path, checkpointing):
+    """A model whose activations dominate (8 × 512, context 128): each block recomputed, or not."""
+    model = {"embed_dim": 512, "num_heads": 8, "num_layers": 8}
+    spec = gpt_recipe(corpus, model, max_length=128, batch_size=8, activation_checkpointing=checkpointing)
+    # per-op workspaces of the matmul libraries are no tensors: ~7-12 % here, at width 512
+    check(compare(spec, tmp_path), tensors_within=0.15)
 
 
 @pytest.mark.slow

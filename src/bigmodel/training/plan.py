@@ -18,6 +18,7 @@ restored afterwards (``torch.random.fork_rng``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -52,12 +53,13 @@ MEASURE_BATCH = 8  # examples in the measured micro-batch; activations scale lin
 MATMUL_SIZE = 2048
 PROBE_WARMUP, PROBE_STEPS, PROBE_SECONDS = 1, 3, 30.0
 MAX_LENGTH_SCAN = 100_000  # records whose length is read to find the longest micro-batch
-# On a CPU, glibc's malloc keeps freed blocks of each step's activations and gradients in its heap (it
-# raises its mmap threshold as mapped blocks are freed, and varying batch shapes fragment the heap), so
-# RSS exceeds the live tensors. Measured over 4-10 real steps (docs/results.md): GPT-2 124M +22 % of
-# its activations and gradients, a MiniLM fine-tune (varying lengths) +45-75 %. MALLOC_MMAP_THRESHOLD_
-# =131072 removes it, at the cost of page faults on every large buffer every step.
-CPU_HEAP_ALLOWANCE = 0.5
+# On a CPU, glibc's malloc keeps part of what a step frees: it raises its mmap threshold (up to 32 MiB)
+# as mapped blocks are freed, so smaller tensors come from its heap, which fragments and stays resident.
+# Measured over 4 real steps of GPT-2 124M, a MiniLM fine-tune and an 8 × 512 GPT with and without
+# activation checkpointing (docs/results.md): RSS exceeds the live tensors by 13-20 % of the bytes a
+# step allocates in blocks under 32 MiB. MALLOC_MMAP_THRESHOLD_=131072 removes it (every large block
+# is then mapped and returned at once, at a page fault per page touched).
+HEAP_RETENTION, HEAP_BLOCK_MAX = 0.2, 32 << 20
 _PEAK_DTYPE = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
@@ -98,14 +100,10 @@ def parameter_report(model: nn.Module, optimizer: str = "adamw") -> dict[str, An
 @dataclass
 class Timeline:
     """What one forward+backward pass allocated, in order: ``events`` are (storage key, ±bytes);
-    ``kind`` says what each storage was; ``saved_in`` maps storages saved for backward to the block
-    whose forward made them; ``block_out`` is the bytes of each block's output."""
+    ``kind`` says what each storage was."""
 
     events: list[tuple[int, int]] = field(default_factory=list)
     kind: dict[int, str] = field(default_factory=dict)  # activations | weight_copies | gradients
-    saved_in: dict[int, int] = field(default_factory=dict)
-    block_out: dict[int, int] = field(default_factory=dict)
-    sizes: dict[int, int] = field(default_factory=dict)
     flops: int = 0
 
     def peak(self, act_scale: float = 1.0, grad_scale: float = 1.0) -> tuple[float, float]:
@@ -120,16 +118,11 @@ class Timeline:
                 best, grads_then = value, grad_scale * live["gradients"]
         return best, grads_then
 
-    def checkpointing_saving(self) -> int:
-        """Bytes activation checkpointing frees at the forward's end: what the blocks saved for
-        backward, less what it keeps (each block's input, i.e. the previous block's output) and the
-        one block it recomputes at a time in the backward pass."""
-        inside: dict[int, int] = {}
-        for key, block in self.saved_in.items():
-            inside[block] = inside.get(block, 0) + self.sizes[key]
-        if not inside:
-            return 0
-        return max(0, sum(inside.values()) - sum(self.block_out.values()) - max(inside.values()))
+    def heap_bytes(self, act_scale: float = 1.0, grad_scale: float = 1.0) -> float:
+        """Bytes the pass allocates in blocks glibc serves from its heap (up to ``HEAP_BLOCK_MAX``)."""
+        factor = {"activations": act_scale, "weight_copies": 1.0, "gradients": grad_scale}
+        sizes = (n * factor[self.kind[key]] for key, n in self.events if n > 0)
+        return sum(n for n in sizes if n <= HEAP_BLOCK_MAX)
 
 
 class _StorageTracker(TorchDispatchMode):
@@ -141,7 +134,6 @@ class _StorageTracker(TorchDispatchMode):
         self.timeline, self.params = timeline, params
         self.keys: dict[int, int] = {}  # id(storage) -> key, while the storage lives
         self.refs: dict[int, weakref.ref] = {}
-        self.block: list[int] = []  # the blocks whose forward is running (innermost last)
         self.open = True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -168,9 +160,8 @@ class _StorageTracker(TorchDispatchMode):
         sid = id(storage)
         if sid in self.keys or sid in self.params or storage.nbytes() == 0:
             return
-        key = len(self.timeline.sizes)
+        key = len(self.timeline.kind)
         self.keys[sid] = key
-        self.timeline.sizes[key] = storage.nbytes()
         self.timeline.kind[key] = kind
         self.timeline.events.append((key, storage.nbytes()))
         self.refs[sid] = weakref.ref(storage, functools.partial(self._freed, sid, key, storage.nbytes()))
@@ -184,28 +175,22 @@ class _StorageTracker(TorchDispatchMode):
     def key_of(self, tensor: torch.Tensor) -> int | None:
         return self.keys.get(id(tensor.untyped_storage()))
 
-    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        """saved_tensors_hooks: note which block's storage autograd keeps for backward."""
-        key = self.key_of(tensor)
-        if key is not None and self.block and key not in self.timeline.saved_in:
-            self.timeline.saved_in[key] = self.block[-1]
-        return tensor
 
-
-def measure_pass(model: nn.Module, task, batch: dict, precision) -> Timeline:
+def measure_pass(model: nn.Module, task, batch: dict, precision, count_flops: bool = True) -> Timeline:
     """One training forward+backward of ``batch`` as the loop runs it (autocast, summed loss divided by
-    the item count, gradients from None), recorded as a :class:`Timeline`; FLOPs counted too.
+    the item count, gradients from None), recorded as a :class:`Timeline`; FLOPs counted too unless
+    ``count_flops`` is False (FlopCounterMode's module hooks keep a checkpointed block's recomputed
+    activations alive until the pass ends: passes with activation checkpointing must not count).
     The model's gradients are set back to None afterwards."""
     params = {id(t.untyped_storage()) for t in [*model.parameters(), *model.buffers()]}
     params |= {id(t.untyped_storage()) for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor)}
     timeline = Timeline()
     tracker = _StorageTracker(timeline, params)
-    handles = _track_blocks(model, tracker)
+    counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas()) if count_flops else None
     model.train()
     model.zero_grad(set_to_none=True)
-    counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas())
     try:
-        with counter, tracker, torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda t: t):
+        with counter or contextlib.nullcontext(), tracker:
             with precision.autocast():
                 loss = task.loss(model, batch)
             precision.backward(loss / max(1, int(batch["num_items"])))
@@ -217,29 +202,9 @@ def measure_pass(model: nn.Module, task, batch: dict, precision) -> Timeline:
             del loss
     finally:
         tracker.open = False
-        for handle in handles:
-            handle.remove()
         model.zero_grad(set_to_none=True)
-    timeline.flops = counter.get_total_flops()
+    timeline.flops = counter.get_total_flops() if counter is not None else 0
     return timeline
-
-
-def _track_blocks(model: nn.Module, tracker: _StorageTracker) -> list:
-    """Forward hooks that tell the tracker which block is running and how big its output is."""
-    handles = []
-    for i, block in enumerate(blocks_of(model)):
-
-        def enter(module, args, i=i):
-            tracker.block.append(i)
-
-        def leave(module, args, output, i=i):
-            tracker.block.pop()
-            first = next((t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)), None)
-            if first is not None:
-                tracker.timeline.block_out[i] = first.untyped_storage().nbytes()
-
-        handles += [block.register_forward_pre_hook(enter), block.register_forward_hook(leave)]
-    return handles
 
 
 def _flop_formulas() -> dict:
@@ -302,8 +267,10 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
     flops = _flops(work, steps[PROBE_WARMUP:], counted, cfg.grad_accum_steps, world_size)
     act_scale = batch_size / m
     sizing = _Sizing(timelines, params, m, batch_size, world_size, cfg, blocks_of(work))
-    if device.type == "cpu":
-        sizing.allocator_fraction = CPU_HEAP_ALLOWANCE
+    if not cfg.activation_checkpointing and sizing.blocks and cfg.precision != "fp16":
+        sizing.checkpointed = _checkpointed_pass(work, task, to_device(small, device), device)
+    if device.type == "cpu" and platform.libc_ver()[0] == "glibc":
+        sizing.heap_retention = HEAP_RETENTION
     rows = [sizing.row(p, s) for p in PRECISIONS for s in STRATEGIES]
     for row in rows:
         row["chosen"] = row["precision"] == cfg.precision and row["strategy"] == strategy
@@ -332,8 +299,8 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
             "method": f"one forward+backward of {m} real examples measured (every storage created and "
             f"freed), activations scaled ×{act_scale:g} to the micro-batch; weights, gradients and "
             "optimizer state counted from the parameters; extra = DDP's gradient buckets or FSDP's "
-            "unsharded blocks; alloc. = what the CPU's malloc keeps beyond the live tensors, an allowance "
-            f"of {CPU_HEAP_ALLOWANCE:g}× activations and gradients measured with glibc",
+            "unsharded blocks; alloc. = what glibc's malloc keeps beyond the live tensors: "
+            f"{HEAP_RETENTION:g}× the bytes a step allocates in blocks under 32 MiB (measured)",
         },
         "probe": probe_result,
         "schedule": schedule,
@@ -364,7 +331,17 @@ def _micro_batch(task, records: Records, indices) -> tuple[dict, float]:
 
 def _measure_precisions(work, task, batch, cfg, device, notes) -> tuple[dict, dict]:
     """A timeline and a parameter report per precision. fp16 shares bf16's (same element sizes) where
-    the device cannot run it."""
+    the device cannot run it. With ``train.activation_checkpointing`` the blocks of ``work`` (and of
+    the bf16-true copy) are checkpointed first, as the loop does, so the passes measure it; the
+    FLOPs are then counted by a pass of their own before."""
+    checkpointing = cfg.activation_checkpointing
+    flops = (
+        measure_pass(work, task, batch, resolve_precision("fp32", device)).flops if checkpointing else None
+    )
+    low = copy.deepcopy(work)  # for bf16-true: copied before any checkpointing wraps a forward
+    if checkpointing:
+        checkpoint_blocks(work)
+        checkpoint_blocks(low)
     timelines, params = {}, {}
     for name in ("fp32", "bf16", "bf16-true", "fp16"):
         try:
@@ -378,12 +355,25 @@ def _measure_precisions(work, task, batch, cfg, device, notes) -> tuple[dict, di
         if name == "fp16" and "bf16" in timelines:
             timelines[name], params[name] = timelines["bf16"], params["bf16"]  # same sizes, no extra pass
             continue
-        model = copy.deepcopy(work) if name == "bf16-true" else work
-        precision.prepare(model)
-        timelines[name] = measure_pass(model, task, batch, precision)
+        model = precision.prepare(low) if name == "bf16-true" else work
+        timelines[name] = measure_pass(model, task, batch, precision, count_flops=not checkpointing)
         params[name] = parameter_report(model, cfg.optimizer.name)
-        del model
+    del low
+    if checkpointing:
+        timelines["fp32"].flops = flops
     return timelines, params
+
+
+def _checkpointed_pass(work, task, batch, device):
+    """For the advice: a pass of ``precision`` with every block checkpointed, on a copy of ``work``."""
+
+    def measure(name: str) -> Timeline:
+        model = copy.deepcopy(work)
+        checkpoint_blocks(model)
+        precision = resolve_precision(name, device)
+        return measure_pass(precision.prepare(model), task, batch, precision, count_flops=False)
+
+    return measure
 
 
 @dataclass
@@ -398,28 +388,27 @@ class _Sizing:
     world: int
     cfg: Any
     blocks: list[nn.Module]
-    allocator_fraction: float = 0.0  # malloc's retained bytes per byte of activations and gradients
+    heap_retention: float = 0.0  # what malloc keeps of the bytes a step allocates on its heap
+    checkpointed: Any = None  # precision -> Timeline of a pass with checkpointed blocks (for advice)
 
     def row(self, precision: str, strategy: str, world: int | None = None, batch_size: int | None = None,
-            cfg=None) -> dict:  # fmt: skip
+            timeline: Timeline | None = None) -> dict:  # fmt: skip
         """Bytes per process for one precision and strategy; ``total`` is their sum.
 
         ``activations`` is the forward+backward peak beyond the gradients (saved activations, transient
         buffers, autocast's weight copies), scaled to the micro-batch. ddp adds its gradient buckets (a
         second copy of the gradients); fsdp divides weights, gradients and optimizer state by the world
         size and adds its unsharded working set. ``allocator`` is what the CPU's malloc keeps beyond the
-        live tensors (``CPU_HEAP_ALLOWANCE``).
+        live tensors (``HEAP_RETENTION``).
         """
-        world, cfg = world or self.world, cfg or self.cfg
+        world = world or self.world
         act_scale = (batch_size or self.batch_size) / self.measured
-        timeline, report = self.timelines[precision], self.reports[precision]
+        timeline, report = timeline or self.timelines[precision], self.reports[precision]
         mem = report["memory_bytes"]
         shard = 1.0 / world if strategy == "fsdp" else 1.0
         peak, _ = timeline.peak(act_scale, shard)
         grads = mem["gradients"] * shard
         activations = max(0.0, peak - grads)
-        if cfg.activation_checkpointing:
-            activations = max(0.0, activations - act_scale * timeline.checkpointing_saving())
         extra = 0.0
         if strategy == "ddp":
             extra = mem["gradients"]  # DistributedDataParallel's flat buckets (gradient_as_bucket_view off)
@@ -433,7 +422,7 @@ class _Sizing:
             "optimizer_state": mem["optimizer_state"] * shard,
             "activations": activations,
             "extra": extra,
-            "allocator": self.allocator_fraction * (activations + grads),
+            "allocator": self.heap_retention * timeline.heap_bytes(act_scale, shard),
         }
         row["total"] = sum(v for k, v in row.items() if k not in ("precision", "strategy"))
         return {k: (round(v) if isinstance(v, float) else v) for k, v in row.items()}
@@ -555,10 +544,8 @@ def _verdict(chosen, rows, sizing: _Sizing, device) -> dict:
             and _needed(row["total"], sizing.world, device) <= available
         ):
             advice.append(f"train.precision={row['precision']}")
-    if not sizing.cfg.activation_checkpointing and sizing.blocks:
-        ac = sizing.row(
-            precision, strategy, cfg=sizing.cfg.model_copy(update={"activation_checkpointing": True})
-        )
+    if not sizing.cfg.activation_checkpointing and sizing.blocks and sizing.checkpointed is not None:
+        ac = sizing.row(precision, strategy, timeline=sizing.checkpointed(precision))
         if _needed(ac["total"], sizing.world, device) <= available:
             advice.append("train.activation_checkpointing=true")
     for n in (2, 4, 8, 16, 32, 64, 128, 256):
@@ -603,11 +590,10 @@ def _probe(work, task, batches, cfg, device, world, flops, data_s, notes) -> dic
     if device.type == "cpu" and world > 1:  # the processes share this machine's cores
         torch.set_num_threads(max(1, threads // world))
     try:
-        precision.prepare(work)
-        if cfg.activation_checkpointing and blocks_of(work):
-            checkpoint_blocks(work)
+        precision.prepare(work)  # its blocks are checkpointed already when the recipe asks
         times = _time_steps(work, task, batches, cfg, precision, device)
-        peak = measure_matmul_peak(device, _PEAK_DTYPE[cfg.precision])
+        size = MATMUL_SIZE if device.type == "cpu" else 4 * MATMUL_SIZE  # 2048³ is launch-bound on a GPU
+        peak = measure_matmul_peak(device, _PEAK_DTYPE[cfg.precision], size=size)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)
@@ -624,6 +610,7 @@ def _probe(work, task, batches, cfg, device, world, flops, data_s, notes) -> dic
         "warmup_steps": PROBE_WARMUP,
         "threads": used_threads,
         "peak_flops": peak,
+        "peak_size": size,
         "peak_dtype": str(_PEAK_DTYPE[cfg.precision]).removeprefix("torch."),
         "achieved_flops": achieved,
         "mfu": achieved / peak,
@@ -757,7 +744,7 @@ def format_plan(plan: dict) -> str:
         )
         lines.append(
             f"Peak        {probe['peak_flops'] / 1e9:.4g} GFLOP/s "
-            f"({probe['peak_dtype']} {MATMUL_SIZE}³ matmul); "
+            f"({probe['peak_dtype']} {probe['peak_size']}³ matmul); "
             f"the probe reached {probe['achieved_flops'] / 1e9:.4g} GFLOP/s = MFU {100 * probe['mfu']:.1f} %"
         )
         lines.append(f"            for MFU in the training logs: {probe['suggest']}")
