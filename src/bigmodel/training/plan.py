@@ -9,8 +9,12 @@ a length) runs under a dispatch mode that sees every tensor storage the pass cre
 freed. That timeline holds activations, transient buffers (an LM head's logits and their gradient),
 autocast's low-precision weight copies and the gradients, each as the real step holds them; its
 peak, with the activations scaled from the measured micro-batch to the recipe's, plus the weights
-and the optimizer state, is the estimate. Storages saved for backward are attributed to the block
-that made them, which is what activation checkpointing frees (and recomputes one block at a time).
+and the optimizer state, is the estimate. With activation checkpointing the blocks are checkpointed
+as the loop does before the passes, so what it frees and recomputes is measured too. On a CPU,
+what glibc's malloc keeps beyond the live tensors is added (``HEAP_RETENTION``).
+
+Step time comes from a few real optimizer steps on the loop's own first micro-batches (warm-up
+excluded), and the MFU denominator from a same-dtype matmul probe.
 
 The caller's model is never touched (the probe works on a deep copy) and the RNG states are
 restored afterwards (``torch.random.fork_rng``).
@@ -70,7 +74,11 @@ _PEAK_DTYPE = {
 
 def parameter_report(model: nn.Module, optimizer: str = "adamw") -> dict[str, Any]:
     """Trainable and total parameter counts, and the training memory they imply (weights, gradients and
-    optimizer state, in bytes; activations excluded)."""
+    optimizer state, in bytes; activations excluded).
+
+    Moved here from ``compress/lora.py`` (training/ may not import compress/, which comes later in the
+    pipeline); that module should import it from here rather than keep its own copy.
+    """
     seen, total, trainable, weight_bytes, grad_bytes = set(), 0, 0, 0, 0
     for p in model.parameters():
         if id(p) in seen:
@@ -287,7 +295,7 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
     del work
     schedule = _schedule(len(records), batch_size, world_size, cfg, probe_result)
     report = params["fp32"]
-    notes += _standing_notes(cfg, world_size, device)
+    notes += _standing_notes(cfg, world_size, device, probe_result is not None)
     return {
         "choice": choice,
         "device": device_info,
@@ -296,17 +304,27 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
         "flops": flops,
         "memory": {
             "rows": rows,
-            "method": f"one forward+backward of {m} real examples measured (every storage created and "
-            f"freed), activations scaled ×{act_scale:g} to the micro-batch; weights, gradients and "
-            "optimizer state counted from the parameters; extra = DDP's gradient buckets or FSDP's "
-            "unsharded blocks; alloc. = what glibc's malloc keeps beyond the live tensors: "
-            f"{HEAP_RETENTION:g}× the bytes a step allocates in blocks under 32 MiB (measured)",
+            "method": _memory_method(m, act_scale, sizing.heap_retention),
         },
         "probe": probe_result,
         "schedule": schedule,
         "verdict": verdict,
         "notes": notes,
     }
+
+
+def _memory_method(measured: int, act_scale: float, heap_retention: float) -> str:
+    text = (
+        f"one forward+backward of {measured} real examples measured (every storage created and freed), "
+        f"activations scaled ×{act_scale:g} to the micro-batch; weights, gradients and optimizer state "
+        "counted from the parameters; extra = DDP's gradient buckets or FSDP's unsharded blocks"
+    )
+    if heap_retention:
+        text += (
+            f"; alloc. = what glibc's malloc keeps beyond the live tensors: {heap_retention:g}× the bytes "
+            "a step allocates in blocks under 32 MiB (measured)"
+        )
+    return text
 
 
 def _loop_batches(task, records: Records, batch_size: int, lengths, count: int) -> tuple[list[dict], float]:
@@ -692,9 +710,11 @@ def _schedule(num_examples: int, batch_size: int, world: int, cfg, probe: dict |
     return out
 
 
-def _standing_notes(cfg, world: int, device: torch.device) -> list[str]:
+def _standing_notes(cfg, world: int, device: torch.device, probed: bool) -> list[str]:
     notes = []
-    if world > 1:
+    if device.type == "cuda":
+        notes.append("PyTorch's caching allocator may reserve more than the live tensors counted here")
+    if world > 1 and probed:
         notes.append(
             "the step time is one process's compute"
             + (f" on {os.cpu_count()} cores shared by {world} processes" if device.type == "cpu" else "")
@@ -772,7 +792,11 @@ def _describe_verdict(verdict: dict, device: dict) -> str:
         return f"unknown: the device's memory cannot be read; it needs {_gib(verdict['needed_bytes'])}"
     share = 100 * verdict["needed_bytes"] / verdict["available_bytes"]
     if verdict["fits"]:
-        return f"fits: {_gib(verdict['needed_bytes'])} of {_gib(verdict['available_bytes'])} ({share:.0f} %)"
+        tight = ", tightly: little room for anything else" if share > 90 else ""
+        return (
+            f"fits: {_gib(verdict['needed_bytes'])} of {_gib(verdict['available_bytes'])} ({share:.0f} %)"
+            + tight
+        )
     short = _gib(verdict["needed_bytes"] - verdict["available_bytes"])
     advice = "; ".join(verdict["advice"]) or "a smaller model"
     return (
