@@ -96,12 +96,19 @@ def test_activation_checkpointing_lowers_the_estimate(corpus):
     assert row(on, "fp32", "single")["activations"] < 0.8 * row(off, "fp32", "single")["activations"]
 
 
-def test_probe_measures_steps_and_peak_and_leaves_the_model_and_rng_alone(corpus):
+@pytest.mark.parametrize("copyable", [True, False])
+def test_probe_measures_steps_and_peak_and_leaves_the_model_and_rng_alone(corpus, monkeypatch, copyable):
+    """Also for a model that cannot be deep-copied (one holding a thread-local): the plan then works
+    on the model itself and puts back its weights, dtypes, forwards and modes."""
     from bigmodel import pipeline
     from bigmodel.recipe import load_recipe
+    from bigmodel.training import plan as plan_module
     from bigmodel.training.plan import training_plan
 
-    recipe = load_recipe(gpt_recipe(corpus, model={"dropout": 0.1}))
+    if not copyable:
+        monkeypatch.setattr(plan_module, "_copy", lambda model: None)
+    checkpointing = not copyable  # the fallback must unwrap checkpointed blocks too
+    recipe = load_recipe(gpt_recipe(corpus, model={"dropout": 0.1}, activation_checkpointing=checkpointing))
     task = pipeline.create_task(recipe)
     splits, _ = pipeline._open_data(recipe, task)
     task.fit(splits["train"])
@@ -111,8 +118,11 @@ def test_probe_measures_steps_and_peak_and_leaves_the_model_and_rng_alone(corpus
     rng = torch.get_rng_state()
     result = training_plan(model, task, splits["train"], recipe.train)
     assert torch.equal(torch.get_rng_state(), rng)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.parameters())
+    assert all(
+        torch.equal(before[k], v) and before[k].dtype == v.dtype for k, v in model.state_dict().items()
+    )
+    assert all(p.grad is None for p in model.parameters()) and model.training
+    assert all("forward" not in m.__dict__ for m in model.modules())
     probe = result["probe"]
     assert probe["steps_measured"] >= 1 and probe["step_time_s"] > 0 and 0 < probe["mfu"] < 1
     assert probe["suggest"] == f"train.peak_tflops={probe['peak_flops'] / 1e12:.4g}"

@@ -61,9 +61,10 @@ MAX_LENGTH_SCAN = 100_000  # records whose length is read to find the longest mi
 # as mapped blocks are freed, so smaller tensors come from its heap, which fragments and stays resident.
 # Measured over 4 real steps of GPT-2 124M, a MiniLM fine-tune and an 8 × 512 GPT with and without
 # activation checkpointing (docs/results.md): RSS exceeds the live tensors by 13-20 % of the bytes a
-# step allocates in blocks under 32 MiB. MALLOC_MMAP_THRESHOLD_=131072 removes it (every large block
-# is then mapped and returned at once, at a page fault per page touched).
-HEAP_RETENTION, HEAP_BLOCK_MAX = 0.2, 32 << 20
+# step allocates in blocks under 32 MiB, and by 0.5-1.5× the most such bytes live at once.
+# MALLOC_MMAP_THRESHOLD_=131072 removes it (every large block is then mapped and returned at once,
+# at a page fault per page touched).
+HEAP_RETENTION, HEAP_BLOCK_MAX, HEAP_KEPT_MAX = 0.2, 32 << 20, 1.5
 _PEAK_DTYPE = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
@@ -126,11 +127,20 @@ class Timeline:
                 best, grads_then = value, grad_scale * live["gradients"]
         return best, grads_then
 
-    def heap_bytes(self, act_scale: float = 1.0, grad_scale: float = 1.0) -> float:
-        """Bytes the pass allocates in blocks glibc serves from its heap (up to ``HEAP_BLOCK_MAX``)."""
+    def heap_kept(self, act_scale: float = 1.0, grad_scale: float = 1.0) -> float:
+        """What glibc's malloc keeps resident beyond the live tensors: ``HEAP_RETENTION`` of the bytes
+        the pass allocates in blocks it serves from its heap (up to ``HEAP_BLOCK_MAX``), at most
+        ``HEAP_KEPT_MAX`` times the most such blocks live at once (many small tensors reuse its free
+        lists and fragment little)."""
         factor = {"activations": act_scale, "weight_copies": 1.0, "gradients": grad_scale}
-        sizes = (n * factor[self.kind[key]] for key, n in self.events if n > 0)
-        return sum(n for n in sizes if n <= HEAP_BLOCK_MAX)
+        allocated, live, most = 0.0, 0.0, 0.0
+        for key, n in self.events:
+            size = n * factor[self.kind[key]]
+            if abs(size) <= HEAP_BLOCK_MAX:
+                allocated += max(size, 0.0)
+                live += size
+                most = max(most, live)
+        return min(HEAP_RETENTION * allocated, HEAP_KEPT_MAX * most)
 
 
 class _StorageTracker(TorchDispatchMode):
@@ -258,9 +268,6 @@ def training_plan(
 def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
     notes: list[str] = []
     batch_size = len(records) if cfg.batch_size == "all" else min(cfg.batch_size, len(records))
-    strategy = "single" if world_size == 1 else cfg.distributed.strategy
-    choice = {"precision": cfg.precision, "strategy": strategy, "world_size": world_size,
-              "activation_checkpointing": cfg.activation_checkpointing}  # fmt: skip
     lengths = example_lengths(task, records) if len(records) <= MAX_LENGTH_SCAN else None
     m = min(batch_size, MEASURE_BATCH)
     longest = np.argsort(-lengths, kind="stable") if lengths is not None else None
@@ -268,8 +275,17 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
     small, _ = _micro_batch(task, records, order[:m])
     grouped = lengths if cfg.group_by_length else None
     steps, data_s = _loop_batches(task, records, batch_size, grouped, PROBE_WARMUP + PROBE_STEPS)
+    batches = (small, steps, data_s, batch_size, m)
 
-    work = copy.deepcopy(model).to(device)  # every pass and step below runs on this copy
+    with _workspace(model, device) as work:  # every pass and step below runs on it
+        return _plan_on(work, task, records, cfg, world_size, probe, device, notes, batches)
+
+
+def _plan_on(work, task, records, cfg, world_size, probe, device, notes, batches) -> dict:
+    strategy = "single" if world_size == 1 else cfg.distributed.strategy
+    choice = {"precision": cfg.precision, "strategy": strategy, "world_size": world_size,
+              "activation_checkpointing": cfg.activation_checkpointing}  # fmt: skip
+    small, steps, data_s, batch_size, m = batches
     timelines, params = _measure_precisions(work, task, to_device(small, device), cfg, device, notes)
     counted = timelines["fp32"].flops * batch_size / m
     flops = _flops(work, steps[PROBE_WARMUP:], counted, cfg.grad_accum_steps, world_size)
@@ -277,8 +293,7 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
     sizing = _Sizing(timelines, params, m, batch_size, world_size, cfg, blocks_of(work))
     if not cfg.activation_checkpointing and sizing.blocks and cfg.precision != "fp16":
         sizing.checkpointed = _checkpointed_pass(work, task, to_device(small, device), device)
-    if device.type == "cpu" and platform.libc_ver()[0] == "glibc":
-        sizing.heap_retention = HEAP_RETENTION
+    sizing.glibc = device.type == "cpu" and platform.libc_ver()[0] == "glibc"
     rows = [sizing.row(p, s) for p in PRECISIONS for s in STRATEGIES]
     for row in rows:
         row["chosen"] = row["precision"] == cfg.precision and row["strategy"] == strategy
@@ -292,7 +307,6 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
         probe_result = _probe(work, task, steps, cfg, device, world_size, flops, data_s, notes)
     elif probe:
         notes.append("the probe did not run: the recipe does not fit this device as it stands")
-    del work
     schedule = _schedule(len(records), batch_size, world_size, cfg, probe_result)
     report = params["fp32"]
     notes += _standing_notes(cfg, world_size, device, probe_result is not None)
@@ -304,7 +318,7 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
         "flops": flops,
         "memory": {
             "rows": rows,
-            "method": _memory_method(m, act_scale, sizing.heap_retention),
+            "method": _memory_method(m, act_scale, sizing.glibc),
         },
         "probe": probe_result,
         "schedule": schedule,
@@ -313,16 +327,51 @@ def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
     }
 
 
-def _memory_method(measured: int, act_scale: float, heap_retention: float) -> str:
+def _copy(model: nn.Module) -> nn.Module | None:
+    """A deep copy, or None for a module that cannot be copied (one holding a thread-local, say)."""
+    try:
+        return copy.deepcopy(model)
+    except (TypeError, RuntimeError, copy.Error):
+        return None
+
+
+@contextlib.contextmanager
+def _workspace(model: nn.Module, device: torch.device):
+    """A model the plan may change (cast, checkpoint, step): a deep copy on ``device``; or, where the
+    model cannot be copied, the model itself, whose tensors, device, forward wrappers, train/eval
+    modes and gradients are put back afterwards."""
+    work = _copy(model)
+    if work is not None:
+        yield work.to(device)
+        return
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    saved = {name: t.detach().clone() for name, t in tensors.items()}
+    forwards = {m: m.__dict__.get("forward") for m in model.modules()}
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model.to(device)
+    finally:
+        for name, t in tensors.items():
+            t.data = saved[name]
+        for m, forward in forwards.items():
+            m.__dict__.pop("forward", None)
+            if forward is not None:
+                m.forward = forward
+        for m, training in modes:
+            m.training = training
+        model.zero_grad(set_to_none=True)
+
+
+def _memory_method(measured: int, act_scale: float, glibc: bool) -> str:
     text = (
         f"one forward+backward of {measured} real examples measured (every storage created and freed), "
         f"activations scaled ×{act_scale:g} to the micro-batch; weights, gradients and optimizer state "
         "counted from the parameters; extra = DDP's gradient buckets or FSDP's unsharded blocks"
     )
-    if heap_retention:
+    if glibc:
         text += (
-            f"; alloc. = what glibc's malloc keeps beyond the live tensors: {heap_retention:g}× the bytes "
-            "a step allocates in blocks under 32 MiB (measured)"
+            f"; alloc. = what glibc's malloc keeps beyond the live tensors: {HEAP_RETENTION:g}× the bytes a "
+            f"step allocates in blocks under 32 MiB, at most {HEAP_KEPT_MAX:g}× the most live (measured)"
         )
     return text
 
@@ -356,10 +405,10 @@ def _measure_precisions(work, task, batch, cfg, device, notes) -> tuple[dict, di
     flops = (
         measure_pass(work, task, batch, resolve_precision("fp32", device)).flops if checkpointing else None
     )
-    low = copy.deepcopy(work)  # for bf16-true: copied before any checkpointing wraps a forward
+    low = _copy(work) or work  # for bf16-true: copied before any checkpointing wraps a forward
     if checkpointing:
-        checkpoint_blocks(work)
-        checkpoint_blocks(low)
+        for model in {id(m): m for m in (work, low)}.values():
+            checkpoint_blocks(model)
     timelines, params = {}, {}
     for name in ("fp32", "bf16", "bf16-true", "fp16"):
         try:
@@ -376,6 +425,10 @@ def _measure_precisions(work, task, batch, cfg, device, notes) -> tuple[dict, di
         model = precision.prepare(low) if name == "bf16-true" else work
         timelines[name] = measure_pass(model, task, batch, precision, count_flops=not checkpointing)
         params[name] = parameter_report(model, cfg.optimizer.name)
+        if (
+            model is work and name == "bf16-true"
+        ):  # no copy: back to fp32 (exact weights come back at the end)
+            work.to(torch.float32)
     del low
     if checkpointing:
         timelines["fp32"].flops = flops
@@ -386,10 +439,16 @@ def _checkpointed_pass(work, task, batch, device):
     """For the advice: a pass of ``precision`` with every block checkpointed, on a copy of ``work``."""
 
     def measure(name: str) -> Timeline:
-        model = copy.deepcopy(work)
+        model = _copy(work) or work
         checkpoint_blocks(model)
         precision = resolve_precision(name, device)
-        return measure_pass(precision.prepare(model), task, batch, precision, count_flops=False)
+        try:
+            return measure_pass(precision.prepare(model), task, batch, precision, count_flops=False)
+        finally:
+            if model is work:  # undo the wrapping and the cast on the one working model
+                for block in blocks_of(work):
+                    block.__dict__.pop("forward", None)
+                work.to(torch.float32)
 
     return measure
 
@@ -406,7 +465,7 @@ class _Sizing:
     world: int
     cfg: Any
     blocks: list[nn.Module]
-    heap_retention: float = 0.0  # what malloc keeps of the bytes a step allocates on its heap
+    glibc: bool = False  # add what glibc's malloc keeps beyond the live tensors
     checkpointed: Any = None  # precision -> Timeline of a pass with checkpointed blocks (for advice)
 
     def row(self, precision: str, strategy: str, world: int | None = None, batch_size: int | None = None,
@@ -417,7 +476,7 @@ class _Sizing:
         buffers, autocast's weight copies), scaled to the micro-batch. ddp adds its gradient buckets (a
         second copy of the gradients); fsdp divides weights, gradients and optimizer state by the world
         size and adds its unsharded working set. ``allocator`` is what the CPU's malloc keeps beyond the
-        live tensors (``HEAP_RETENTION``).
+        live tensors (:meth:`Timeline.heap_kept`).
         """
         world = world or self.world
         act_scale = (batch_size or self.batch_size) / self.measured
@@ -440,7 +499,7 @@ class _Sizing:
             "optimizer_state": mem["optimizer_state"] * shard,
             "activations": activations,
             "extra": extra,
-            "allocator": self.heap_retention * timeline.heap_bytes(act_scale, shard),
+            "allocator": timeline.heap_kept(act_scale, shard) if self.glibc else 0.0,
         }
         row["total"] = sum(v for k, v in row.items() if k not in ("precision", "strategy"))
         return {k: (round(v) if isinstance(v, float) else v) for k, v in row.items()}
