@@ -34,6 +34,9 @@ CONFIGS = {
     "small": ({"embed_dim": 384, "num_heads": 6, "num_layers": 6}, ("char", None), 256, 8, 12),
     # GPT-2 124M: 12 layers of 768, context 1024, GPT-2's vocabulary size (50,257 word types here)
     "gpt2": ({"embed_dim": 768, "num_heads": 12, "num_layers": 12}, ("word", 50257), 1024, 32, 60),
+    # levers: nanoGPT's vocabulary padded to a multiple of 64, and a larger batch
+    "gpt2-v50304": ({"embed_dim": 768, "num_heads": 12, "num_layers": 12}, ("word", 50304), 1024, 32, 60),
+    "gpt2-b64": ({"embed_dim": 768, "num_heads": 12, "num_layers": 12}, ("word", 50257), 1024, 64, 60),
 }
 
 
@@ -55,6 +58,8 @@ def write_corpus(path: Path, word_types: int, words: int, seed: int = 0) -> Path
 
 
 def recipe(name: str, corpus: Path, nproc: int, precision: str, peak_tflops: float, compile_: bool) -> dict:
+    """The run: ``name``'s model on ``corpus``; on a GPU, 4 loader workers prepare the next batches
+    while the device computes."""
     options, (kind, vocab), context, global_batch, steps = CONFIGS[name]
     return {
         "name": f"scale-{name}",
@@ -68,6 +73,7 @@ def recipe(name: str, corpus: Path, nproc: int, precision: str, peak_tflops: flo
             "eval_every": 10_000, "checkpoint_every": 10_000, "keep_train_state": "none",
             "optimizer": {"name": "adamw", "lr": 3e-4}, "precision": precision,
             "peak_tflops": peak_tflops, "compile": compile_,
+            "num_workers": 4 if name.startswith("gpt2") else 0,
         },
     }  # fmt: skip
 
@@ -146,6 +152,10 @@ def plan_against_run(name: str, corpus: Path, peak: float, out: Path, measured: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="GPT-2 124M bf16 on CUDA (eager and compiled)")
+    parser.add_argument("--gpu-configs", default="gpt2", help="with --gpu: gpt2, gpt2-v50304, gpt2-b64")
+    parser.add_argument(
+        "--compiled-only", action="store_true", help="with --gpu: skip eager runs and the plan"
+    )
     parser.add_argument("--configs", default="tiny,small")
     parser.add_argument("--procs", default="1,2")
     parser.add_argument("--precisions", default="fp32,bf16")
@@ -156,10 +166,12 @@ def main() -> None:
         if args.gpu:
             corpus = write_corpus(out / "words.jsonl", 60_000, 4_000_000)
             peak = measure_peak("bfloat16", None, "cuda")
-            for compile_ in (False, True):
-                rows.append(run("gpt2", corpus, 1, "bf16", peak, compile_, out))
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            rows.append(plan_against_run("gpt2", corpus, peak, out, rows[0]))
+            for name in args.gpu_configs.split(","):
+                for compile_ in (True,) if args.compiled_only else (False, True):
+                    rows.append(run(name, corpus, 1, "bf16", peak, compile_, out))
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            if not args.compiled_only:
+                rows.append(plan_against_run(args.gpu_configs.split(",")[0], corpus, peak, out, rows[0]))
         else:
             words = write_corpus(out / "words.jsonl", 97, 400_000)
             chars = write_corpus(out / "chars.jsonl", 60, 200_000)

@@ -177,7 +177,7 @@ def sum_over_ranks(value, dist: Dist):
     (exact for integer counts: float64)."""
     if not dist.active:
         return value
-    t = torch.tensor(value if isinstance(value, tuple) else [value], dtype=torch.float64)
+    t = torch.tensor(value if isinstance(value, tuple) else [value], dtype=torch.float64, device=_device())
     tdist.all_reduce(t)
     return tuple(t.tolist()) if isinstance(value, tuple) else t.item()
 
@@ -185,9 +185,16 @@ def sum_over_ranks(value, dist: Dist):
 def max_over_ranks(value: int, dist: Dist) -> int:
     if not dist.active:
         return value
-    t = torch.tensor([value], dtype=torch.int64)
+    t = torch.tensor([value], dtype=torch.int64, device=_device())
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return int(t.item())
+
+
+def _device() -> torch.device:
+    """Where a collective's tensors must live: the rank's GPU for NCCL, the CPU for gloo."""
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def broadcast(obj, dist: Dist):

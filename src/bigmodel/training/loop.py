@@ -152,16 +152,25 @@ def _fit(model, task, train, validation, cfg, run_dir: Path, seed, resume, show_
             # average gradients over ranks, hence the factor world.
             num_items = dists.sum_over_ranks(sum(batch["num_items"] for _, batch in window), dist)
             optimizer.zero_grad(set_to_none=True)
-            loss_sum, items = 0.0, 0
+            losses, items = [], 0
             for i, (planned, batch) in enumerate(window):
                 with dists.no_sync(model, last=i == len(window) - 1):
                     with precision.autocast():
                         loss = task.loss(model, to_device(batch, device))  # summed over the batch's items
                     precision.backward(loss / (num_items / dist.world))
-                loss_sum += loss.item()
+                losses.append(loss.detach())
                 items += len(planned.keys)
                 throughput.count(batch)
-            loss_sum, items = dists.sum_over_ranks((loss_sum, items), dist)
+            sampler.advance(window[-1][0])
+            epoch_done = window[-1][0].epoch_done
+            if cfg.grad_clip:
+                precision.unscale(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            precision.step(optimizer)
+            scheduler.step()
+            # Read the loss only now: one wait for the device per step, after the update is queued.
+            # A diverged step has changed the weights in memory, but not the last checkpoint.
+            loss_sum, items = dists.sum_over_ranks((sum(x.item() for x in losses), items), dist)
             if not math.isfinite(loss_sum):
                 raise TrainingDiverged(
                     f"training stopped: the loss became {loss_sum} at step {step + 1} "
@@ -170,13 +179,6 @@ def _fit(model, task, train, validation, cfg, run_dir: Path, seed, resume, show_
                     f"or check the data for extreme values."
                 )
             samples_seen += int(items)
-            sampler.advance(window[-1][0])
-            epoch_done = window[-1][0].epoch_done
-            if cfg.grad_clip:
-                precision.unscale(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            precision.step(optimizer)
-            scheduler.step()
             step += 1
             step_time = time.perf_counter() - started
             elapsed += step_time
