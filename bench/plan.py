@@ -4,7 +4,7 @@ The plan runs in this process; the real steps run in a child through the loop's 
 (checkpoint writing switched off). Memory on a CPU is the child's peak RSS growth (VmHWM, reset
 after the model is built) with glibc's default malloc and with a fixed mmap threshold (then RSS
 follows the live tensors: the plan's estimate without its allocator allowance); on a GPU it is
-``torch.cuda.max_memory_allocated``. Step time: the mean of the loop's steps 2-4 (from
+``torch.cuda.max_memory_allocated``. Step time: the median of the loop's steps 2-6 (from
 metrics.jsonl) against the probe's.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/plan.py            # CPU: GPT-2 124M (context 64, batch 4)
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,7 @@ print(json.dumps({"baseline": baseline, "peak": peak, "times": times}))
 
 
 def real_steps(spec: dict, steps: int, env: dict | None = None) -> dict:
-    """Peak memory growth and the mean time of steps 2-4 of ``steps`` real steps in a fresh process."""
+    """Peak memory growth and the median time of steps 2 on of ``steps`` real steps in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
     with tempfile.TemporaryDirectory() as folder:
         done = subprocess.run(
@@ -83,8 +84,8 @@ def real_steps(spec: dict, steps: int, env: dict | None = None) -> dict:
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    gaps = [b - a for a, b in zip(out["times"], out["times"][1:], strict=False)][:3]
-    return {"growth": out["peak"] - out["baseline"], "step_time_s": sum(gaps) / len(gaps)}
+    gaps = [b - a for a, b in zip(out["times"], out["times"][1:], strict=False)]
+    return {"growth": out["peak"] - out["baseline"], "step_time_s": statistics.median(gaps)}
 
 
 def compare(name: str, spec: dict, gpu: bool) -> dict:
@@ -92,7 +93,7 @@ def compare(name: str, spec: dict, gpu: bool) -> dict:
 
     result = plan(spec)
     chosen = next(r for r in result["memory"]["rows"] if r["chosen"])
-    real = real_steps(spec, 4)
+    real = real_steps(spec, 6)
     # on a GPU the child's baseline holds no weights (fit moves the model); on a CPU it does
     estimate = chosen["total"] - (0 if gpu else chosen["weights"])
     row = {
@@ -109,7 +110,7 @@ def compare(name: str, spec: dict, gpu: bool) -> dict:
         "suggest": result["probe"]["suggest"],
     }
     if not gpu:  # without glibc's heap retention: the live tensors alone
-        exact = real_steps(spec, 4, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
+        exact = real_steps(spec, 6, env={"MALLOC_MMAP_THRESHOLD_": "131072"})
         row["tensors_estimate_bytes"] = estimate - chosen["allocator"]
         row["tensors_real_bytes"] = exact["growth"]
         row["tensors_ratio"] = round(row["tensors_estimate_bytes"] / exact["growth"], 4)

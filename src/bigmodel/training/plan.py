@@ -55,11 +55,11 @@ STRATEGIES = ("single", "ddp", "fsdp")
 OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2, "adagrad": 1, "rmsprop": 1}
 MEASURE_BATCH = 8  # examples in the measured micro-batch; activations scale linearly from it
 MATMUL_SIZE = 2048
-PROBE_WARMUP, PROBE_STEPS, PROBE_SECONDS = 1, 3, 30.0
+PROBE_WARMUP, PROBE_STEPS, PROBE_SECONDS = 1, 5, 30.0
 MAX_LENGTH_SCAN = 100_000  # records whose length is read to find the longest micro-batch
 # On a CPU, glibc's malloc keeps part of what a step frees: it raises its mmap threshold (up to 32 MiB)
 # as mapped blocks are freed, so smaller tensors come from its heap, which fragments and stays resident.
-# Measured over 4 real steps of GPT-2 124M, a MiniLM fine-tune and an 8 × 512 GPT with and without
+# Measured over 4-6 real steps of GPT-2 124M, a MiniLM fine-tune and an 8 × 512 GPT with and without
 # activation checkpointing (docs/results.md): RSS exceeds the live tensors by 13-20 % of the bytes a
 # step allocates in blocks under 32 MiB, and by 0.5-1.5× the most such bytes live at once.
 # MALLOC_MMAP_THRESHOLD_=131072 removes it (every large block is then mapped and returned at once,
@@ -675,7 +675,11 @@ def _probe(work, task, batches, cfg, device, world, flops, data_s, notes) -> dic
     finally:
         torch.set_num_threads(threads)
     data = data_s if cfg.num_workers == 0 else 0.0  # with workers, encoding overlaps the step
-    micro, optim = statistics.mean(times["micro"]), statistics.mean(times["optimizer"])
+    # Seconds per token (or per micro-batch without tokens), median over the steps: robust to a step
+    # slowed by another process on a shared machine, and to batches of different lengths.
+    sizes = [math.prod(_ids_shape(batch) or (1,)) for batch in batches[PROBE_WARMUP:]][: len(times["micro"])]
+    rate = statistics.median(t / n for t, n in zip(times["micro"], sizes, strict=True))
+    micro, optim = rate * statistics.mean(sizes), statistics.median(times["optimizer"])
     step = (micro + data) * cfg.grad_accum_steps + optim
     achieved = flops["per_step_per_process"] / step
     return {
