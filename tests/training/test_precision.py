@@ -113,3 +113,16 @@ def test_activation_checkpointing_keeps_fewer_tensors_for_backward():
 def test_activation_checkpointing_without_blocks_names_the_field():
     with pytest.raises(RecipeError, match="train.activation_checkpointing"):
         checkpoint_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_compile_trains_the_same_model_with_the_same_names(tmp_path):
+    overrides = {
+        "train": {"max_steps": 15, "log_every": 1, "early_stopping": None},
+        "model": {"dropout": 0.0},
+    }
+    eager = bigmodel.train("digits-mlp", output=tmp_path / "eager", progress=False, **overrides)
+    overrides["train"]["compile"] = True
+    compiled = bigmodel.train("digits-mlp", output=tmp_path / "compiled", progress=False, **overrides)
+    a, b = load_file(eager.path / "model.safetensors"), load_file(compiled.path / "model.safetensors")
+    assert a.keys() == b.keys()  # compiling in place renames nothing: checkpoints and serving unchanged
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
