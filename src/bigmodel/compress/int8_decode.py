@@ -1,0 +1,108 @@
+"""Weight-only int8 Linear layers that are fast where decoding spends its time: a few rows at a time.
+
+Greedy decoding at batch 1 is memory-bound: each token reads every weight once, so int8 weights
+(1 byte) can run up to 4x faster than fp32 (4 bytes) *if* the product reads the int8 bytes directly.
+:class:`~bigmodel.compress.quantize.Int8WeightOnlyLinear` converts its int8 matrix to float on every
+call, so it reads more than fp32 does and is not faster. Here the product is
+``torch.ops.aten._weight_int8pack_mm`` (core torch's CPU kernel, the one gpt-fast uses), which reads
+int8 weights and bf16 activations.
+
+Measured on this CPU (one thread, a 3072 x 768 matrix): 1 row 0.125 ms (fp32 0.22, bf16 0.18); the
+kernel is a loop over rows, not a GEMM, so at 32 rows it is 2x slower than bf16 and at 256 rows 2x
+slower than fp32 (the kernel with fp32 activations was 10x slower still). Hence activations go through
+the kernel in bf16, and inputs of more than :data:`MAX_KERNEL_ROWS` rows (a long prompt, a big batch)
+take a dequantized bf16 matrix and an ordinary matmul instead. The kernel is used only when the input
+width is a multiple of :data:`KERNEL_WIDTH_MULTIPLE`: in torch 2.13 other widths (36, say) returned
+garbage or crashed the process; those layers take the dequantized route too (correct, not fast).
+
+Precision: per-output-row symmetric int8 weights (as ``weight_only_int8``), activations rounded to
+bf16 inside each product, results returned in the input's dtype.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bigmodel.compress.quantize import _per_row_int8
+from bigmodel.compress.surgery import replace_modules
+
+# Above this many rows the row-loop kernel loses to a bf16 GEMM on the dequantized matrix (see above).
+MAX_KERNEL_ROWS = 16
+# Input widths the kernel computes correctly (checked for 16..3072 in steps of 16; 36 failed).
+KERNEL_WIDTH_MULTIPLE = 16
+
+
+class Int8DecodeLinear(nn.Module):
+    """``y = (bf16(x) @ W_int8^T) * scale + b`` through torch's int8 weight-only CPU kernel.
+
+    Args:
+        in_features: input width.
+        out_features: output width (rows of the int8 weight).
+        bias: keep an fp32 bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        # The kernel wants the scales in the activations' dtype; bf16 scales round like its bf16 output.
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.bfloat16))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.kernel = in_features % KERNEL_WIDTH_MULTIPLE == 0
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8DecodeLinear:
+        """Quantize ``linear``'s weight per output row; the bias is kept in fp32."""
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        weight_int8, scale = _per_row_int8(linear.weight)
+        module.weight_int8, module.weight_scale = weight_int8, scale.to(torch.bfloat16)
+        if linear.bias is not None:
+            module.bias = linear.bias.detach().float().clone()
+        return module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized ``(out, in)`` matrix, fp32, for code that reads ``weight``."""
+        return self.weight_int8.float() * self.weight_scale.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (..., in) -> (..., out) in ``x``'s dtype."""
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (N, in)
+        if self.kernel and rows.shape[0] <= MAX_KERNEL_ROWS:
+            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.weight_scale)  # (N, out)
+        else:
+            y = F.linear(rows, self.weight_int8.to(torch.bfloat16) * self.weight_scale[:, None])
+        y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        route = "int8 kernel" if self.kernel else "dequantized (width not a multiple of 16)"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 rows, {route}"
+
+
+def is_plain_linear(path: str, module: nn.Module) -> bool:
+    """The predicate of :func:`int8_decode`: exactly ``nn.Linear`` (not a LoRA or quantized subclass)."""
+    return type(module) is nn.Linear
+
+
+def int8_decode(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """``model`` (eval mode) with every ``nn.Linear`` an :class:`Int8DecodeLinear`.
+
+    Embeddings stay as they are: a lookup reads one row per token, not the table. A head tied to the
+    embedding gets its own int8 copy; the table keeps its float weights for the lookup.
+
+    Args:
+        model: a float model (fp32 or bf16).
+        inplace: edit ``model`` itself instead of a deep copy.
+
+    Returns:
+        The quantized model.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    replace_modules(model.eval(), is_plain_linear, lambda _, m: Int8DecodeLinear.from_linear(m))
+    return model
