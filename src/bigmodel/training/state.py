@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from bigmodel.training import checkpoint as ckpt
 from bigmodel.training.dist import Dist, unwrap
+
+
+def _api():
+    """PyTorch's distributed state-dict API, imported when first needed: it pulls in
+    torch.distributed.checkpoint (~1.7 s), which one-process runs and serving never use."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
 
 
 def gather(model: nn.Module, optimizer: torch.optim.Optimizer, dist: Dist) -> tuple[dict, dict]:
@@ -31,8 +32,9 @@ def gather(model: nn.Module, optimizer: torch.optim.Optimizer, dist: Dist) -> tu
         optim_tensors, optim_meta = ckpt.optimizer_to_flat(optimizer.state_dict())
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         return {**tensors, **optim_tensors}, optim_meta
-    tensors, aliases = _without_aliases({f"model.{k}": v for k, v in get_model_state_dict(model).items()})
-    osd = get_optimizer_state_dict(model, optimizer)
+    api = _api()
+    tensors, aliases = _without_aliases({f"model.{k}": v for k, v in api.get_model_state_dict(model).items()})
+    osd = api.get_optimizer_state_dict(model, optimizer)
     order = _order(osd)
     scalars = {}
     for fqn, slots in osd["state"].items():
@@ -63,8 +65,9 @@ def _without_aliases(tensors: dict) -> tuple[dict, dict[str, str]]:
 def template(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """Tensors shaped (and, under FSDP, sharded) like :func:`gather`'s, for a sharded checkpoint to
     load into in place. An optimizer that has not stepped yet gets its state created first."""
-    tensors, _ = _without_aliases({f"model.{k}": v for k, v in get_model_state_dict(model).items()})
-    osd = get_optimizer_state_dict(model, optimizer)
+    api = _api()
+    tensors, _ = _without_aliases({f"model.{k}": v for k, v in api.get_model_state_dict(model).items()})
+    osd = api.get_optimizer_state_dict(model, optimizer)
     order = _order(osd)
     for fqn, slots in osd["state"].items():
         for slot, value in slots.items():
@@ -88,16 +91,17 @@ def apply(
         unwrap(model).load_state_dict(model_sd)
         optimizer.load_state_dict(ckpt.optimizer_from_flat(tensors, meta))
         return
-    options = StateDictOptions(full_state_dict=full and dist.active)
-    set_model_state_dict(model, model_sd, options=options)
-    fqns = _order(get_optimizer_state_dict(model, optimizer))
+    api = _api()
+    options = api.StateDictOptions(full_state_dict=full and dist.active)
+    api.set_model_state_dict(model, model_sd, options=options)
+    fqns = _order(api.get_optimizer_state_dict(model, optimizer))
     by_index = {i: fqn for fqn, i in fqns.items()}
     flat = ckpt.optimizer_from_flat(tensors, meta)
     osd = {
         "state": {by_index[i]: slots for i, slots in flat["state"].items()},
         "param_groups": [{**g, "params": [by_index[i] for i in g["params"]]} for g in flat["param_groups"]],
     }
-    set_optimizer_state_dict(model, optimizer, osd, options=options)
+    api.set_optimizer_state_dict(model, optimizer, osd, options=options)
 
 
 def full_model_state(model: nn.Module, dist: Dist) -> dict[str, torch.Tensor]:
@@ -105,14 +109,16 @@ def full_model_state(model: nn.Module, dist: Dist) -> dict[str, torch.Tensor]:
     final model file."""
     if not dist.active:
         return unwrap(model).state_dict()
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    api = _api()
+    return api.get_model_state_dict(model, options=api.StateDictOptions(full_state_dict=True))
 
 
 def load_full_model(model: nn.Module, state: dict[str, torch.Tensor], dist: Dist) -> None:
     if not dist.active:
         unwrap(model).load_state_dict(state)
         return
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    api = _api()
+    api.set_model_state_dict(model, state, options=api.StateDictOptions(full_state_dict=True))
 
 
 def _order(osd: dict) -> dict[str, int]:

@@ -43,8 +43,13 @@ class Throughput:
             out["tokens_per_s"] = round(self.tokens * world / step_time, 1)
             if self.flops:
                 per_process = self.flops / step_time
-                out["tflops_per_s"] = round(per_process * world / 1e12, 4)
+                out["tflops_per_s"] = _significant(per_process * world / 1e12)
                 if self.peak:
-                    out["mfu"] = round(per_process / self.peak, 4)
+                    out["mfu"] = _significant(per_process / self.peak)
         self.tokens, self.flops = 0, 0.0
         return out
+
+
+def _significant(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits (a CPU's 0.0006 TFLOP/s keeps its precision)."""
+    return float(f"{x:.{digits}g}")
