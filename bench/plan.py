@@ -60,6 +60,10 @@ def status(key):
             return int(line.split()[1]) * 1024
 
 cuda = torch.cuda.is_available()
+# Modules the first update imports lazily (torch._dynamo and others, ~45 MB once per process) belong
+# to the process's baseline, as torch's own import does, not to a training step.
+import torch.distributed.checkpoint  # noqa: F401
+
 baseline = torch.cuda.memory_allocated() if cuda else status("VmRSS")
 if cuda:
     torch.cuda.reset_peak_memory_stats()
