@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bigmodel import recipe as recipes
-from bigmodel.compress.lora import add_lora, lora_options, merge_lora, parameter_report
+from bigmodel.compress.lora import add_lora, lora_options, merge_lora
 from bigmodel.compress.stages import parse_stages, run_stages
 from bigmodel.data import SPLITS, ColumnRecords, Records, open_splits
 from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
@@ -41,6 +41,7 @@ from bigmodel.training import dist as dists
 from bigmodel.training import state
 from bigmodel.training.checkpoint import finish_train_state, has_train_state
 from bigmodel.training.loop import fit as fit_loop
+from bigmodel.training.plan import parameter_report
 from bigmodel.training.precision import resolve_precision
 from bigmodel.training.validate import evaluate_records, resolve_device
 

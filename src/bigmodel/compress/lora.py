@@ -23,11 +23,11 @@ from bigmodel.errors import RecipeError
 from bigmodel.hub.peft import read_peft_adapter
 from bigmodel.models.registry import Family
 from bigmodel.nn.lora import LoRALinear
+from bigmodel.training.plan import parameter_report  # noqa: F401 (its home is the plan; kept importable here)
 
 FIELD = "model.adapter.lora"
 DEFAULT_TARGETS = ("q", "v")
 # Optimizer state tensors per trainable parameter (for the memory estimate).
-OPTIMIZER_STATES = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2, "adagrad": 1, "rmsprop": 1}
 
 
 def lora_options(spec: dict[str, Any]) -> dict[str, Any]:
@@ -124,29 +124,3 @@ def load_lora(model: nn.Module, folder: str | Path, family: Family, task: str | 
             )
     freeze_base(model)
     return adapted
-
-
-def parameter_report(model: nn.Module, optimizer: str = "adamw") -> dict[str, Any]:
-    """Trainable and total parameter counts, and the training memory they imply (weights, gradients and
-    optimizer state, in bytes; activations excluded)."""
-    seen, total, trainable, weight_bytes, grad_bytes = set(), 0, 0, 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        weight_bytes += p.numel() * p.element_size()
-        if p.requires_grad:
-            trainable += p.numel()
-            grad_bytes += p.numel() * p.element_size()
-    states = OPTIMIZER_STATES.get(optimizer, 2)
-    return {
-        "params": total,
-        "trainable_params": trainable,
-        "trainable_percent": round(100.0 * trainable / max(total, 1), 4),
-        "memory_bytes": {
-            "weights": weight_bytes,
-            "gradients": grad_bytes,
-            "optimizer_state": states * grad_bytes,
-        },
-    }

@@ -97,7 +97,7 @@ def _fit(model, task, train, validation, cfg, run_dir: Path, seed, resume, show_
     lengths = example_lengths(task, train) if cfg.group_by_length else None
     if cfg.group_by_length and lengths is None:
         raise UserError(f"train.group_by_length: task {task.name} has no example length to group by.")
-    # batch_size is per process: the global batch is batch_size × processes, rank r takes every r-th.
+    # batch_size is per process: the global batch is batch_size × processes; rank r takes every w-th.
     sampler = EpochSampler(len(train), batch_size, seed, dist.rank, dist.world, lengths=lengths)
     steps_per_epoch = math.ceil(sampler.batches_per_epoch() / cfg.grad_accum_steps)
     total_steps = cfg.epochs * steps_per_epoch
