@@ -257,11 +257,12 @@ def compare(spec: dict, tmp_path: Path) -> dict:
 def check(figures: dict) -> None:
     assert figures["memory_ratio"] == pytest.approx(1.0, abs=0.15)
     assert figures["tensors_ratio"] == pytest.approx(1.0, abs=0.15)
-    if figures["load"] > os.cpu_count():  # others' processes come and go between steps and probe
+    within = figures["time_ratio"] == pytest.approx(1.0, abs=0.25)
+    if not within and figures["load"] > os.cpu_count():  # others' processes came and went meanwhile
         pytest.xfail(
             f"a busy machine (load {figures['load']:.1f} on {os.cpu_count()} cores): step times vary"
         )
-    assert figures["time_ratio"] == pytest.approx(1.0, abs=0.25)
+    assert within, figures
 
 
 @pytest.mark.slow
