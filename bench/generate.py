@@ -3,8 +3,10 @@
 - ``gpt2``: GPT-2 124M shape (random weights: no hub access here), batch 1, a 32-token prompt, 64 new
   tokens. transformers' ``GPT2LMHeadModel.generate`` (fp32) against ours on the same weights (loaded
   through the production key map): ``generate`` (the general loop), ``greedy_generate`` (static KV
-  cache, last-position logits) in fp32, bf16 (the whole model cast), weight-only int8 and int4
-  (``compress/int8_decode.py``: torch's int8 / int4 weight-only CPU kernels; int4 in groups of 32).
+  cache, last-position logits) in fp32 (``fp32_gemv``: Linear weights stored (in, out), the layout
+  CPU GEMV reads fastest), bf16 (the whole model cast), weight-only int8 and int4
+  (``compress/fast_decode.py``: torch's int8 / int4 weight-only CPU kernels; int4 in groups of 32;
+  ``int8_bf16``: the int8 layers in a model whose other weights and activations are bf16).
   Tokens/s count the 64 new tokens over the whole call (prompt included). Each figure is also given
   as a fraction of the bandwidth limit: (memory bandwidth measured here by summing a 512 MiB
   tensor) / (weight bytes read per token: every weight but the embedding lookups; the KV cache,
@@ -44,7 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from bigmodel.compress.int8_decode import int4_decode, int8_decode  # noqa: E402
+from bigmodel.compress.fast_decode import gemv_layout, int4_decode, int8_decode  # noqa: E402
 from bigmodel.hub.convert import to_published  # noqa: E402
 from bigmodel.models.fast_generate import greedy_generate  # noqa: E402
 from bigmodel.models.generate import generate  # noqa: E402
@@ -141,8 +143,13 @@ def gpt2_models() -> tuple[nn.Module, dict[str, nn.Module]]:
     model = create_model("gpt2", dropout=0.0, attn_dropout=0.0).eval()
     return model, {
         "ours_fp32": model,
+        "ours_fp32_gemv": gemv_layout(
+            model
+        ),  # the same weights stored (in, out): see compress/fast_decode.py
         "ours_bf16": copy.deepcopy(model).to(torch.bfloat16),
         "ours_int8": int8_decode(model),
+        # the rest of the model in bf16 too: the kernels' bf16 activations need no conversion per layer
+        "ours_int8_bf16": int8_decode(copy.deepcopy(model).to(torch.bfloat16)),
         "ours_int4": int4_decode(model, group_size=32),
     }
 
@@ -261,6 +268,7 @@ def section_agreement(reps: int, gb_s: float, steps: int, new: int = 64) -> dict
     variants = {
         "ours_bf16": copy.deepcopy(fp32).to(torch.bfloat16),
         "ours_int8": int8_decode(fp32),
+        "ours_int8_bf16": int8_decode(copy.deepcopy(fp32).to(torch.bfloat16)),
         "ours_int4": int4_decode(fp32, group_size=32),
     }
     result = {}

@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigmodel.compress.int8_decode import (
+from bigmodel.compress.fast_decode import (
     MAX_KERNEL_ROWS,
+    GemvLinear,
     Int4DecodeLinear,
     Int8DecodeLinear,
     _per_group_uint4,
+    gemv_layout,
     int4_decode,
     int8_decode,
 )
@@ -256,3 +258,19 @@ def test_int4_decode_swaps_the_linears_it_can_and_decodes():
     # 4-bit noise compounds through the layers of this peaked random model: a loose, structural check.
     assert F.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.8
     assert greedy_generate(q, ids[:1, :5], max_new_tokens=6, stop_tokens=()).shape == (1, 11)
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny-qwen2"])
+def test_gemv_layout_is_the_same_function_and_decodes_the_same_tokens(preset):
+    model = tiny(preset)
+    fast = gemv_layout(model)
+    linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    assert all(isinstance(fast.get_submodule(n), GemvLinear) for n in linears)
+    assert fast.get_submodule(linears[0]).weight_t.is_contiguous()
+    ids = torch.randint(0, V, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids), model(ids), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(fast.head.weight, model.head.weight, atol=0, rtol=0)
+    prompt = ids[:1, :5]
+    expected = greedy_generate(model, prompt, max_new_tokens=10, stop_tokens=())
+    assert torch.equal(greedy_generate(fast, prompt, max_new_tokens=10, stop_tokens=()), expected)
