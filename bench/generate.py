@@ -290,7 +290,15 @@ def section_agreement(reps: int, gb_s: float, steps: int, new: int = 64) -> dict
                     float((m(t["texts"]).argmax(-1) == ref_next).float().mean()), 4
                 ),
             }
-    return {**t["info"], "decoding": f"greedy, {new} new tokens per prompt", "variants": result}
+    samples = [bytes(r[0].tolist()).decode("utf-8", "replace") for r in ref[:3]]
+    distinct = len(set(torch.cat(ref, dim=1)[0].tolist()))
+    return {
+        **t["info"],
+        "decoding": f"greedy, {new} new tokens per prompt",
+        "fp32_greedy_samples": samples,  # what the model produces: judge how much it learned
+        "fp32_distinct_bytes_generated": distinct,
+        "variants": result,
+    }
 
 
 def section_speculative(reps: int, gb_s: float, steps: int, new: int = 64) -> dict:
