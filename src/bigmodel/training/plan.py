@@ -77,8 +77,8 @@ def parameter_report(model: nn.Module, optimizer: str = "adamw") -> dict[str, An
     """Trainable and total parameter counts, and the training memory they imply (weights, gradients and
     optimizer state, in bytes; activations excluded).
 
-    Moved here from ``compress/lora.py`` (training/ may not import compress/, which comes later in the
-    pipeline); that module should import it from here rather than keep its own copy.
+    Its home is here, not in ``compress/lora.py`` (which re-exports it): training/ may not import
+    compress/, which comes later in the pipeline.
     """
     seen, total, trainable, weight_bytes, grad_bytes = set(), 0, 0, 0, 0
     for p in model.parameters():
