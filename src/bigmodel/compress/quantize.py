@@ -32,7 +32,8 @@ int8 Linear (fbgemm/x86 kernels) was 3.5x faster than fp32; torchao 0.18's
 eager mode — torchao's CPU speed comes with ``torch.compile``, which this toolkit does not use to
 serve. torchao's int4 weight-only needs the ``mslk`` kernel package (not installable here) and
 core torch's ``_weight_int4pack_mm_for_cpu`` / ``_weight_int8pack_mm`` ran 40-90x slower than fp32
-matmul in fp32, so there is no int4 method: no supported CPU route gives a useful int4 model. FX graph
+matmul on 128 rows of fp32 activations, so there is no int4 *stage* here. At decode time (1-16 rows,
+bf16 activations) the same kernels are the fastest route: see compress/fast_decode.py. FX graph
 mode (``prepare_fx``) was the generic static route, but it cannot trace a model whose ``forward``
 branches on tensors (our CNN does), and PT2E export moved to torchao; the island scheme above needs
 neither tracing nor export. When ``torch.ao.quantization`` is removed, the dynamic and static methods
