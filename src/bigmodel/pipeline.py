@@ -172,7 +172,9 @@ def plan(recipe: str | Path | Mapping | Recipe, nproc: int = 1, probe: bool = Tr
     splits, _ = _open_data(recipe, task)
     task.fit(splits["train"])
     model, _ = _build_model(recipe, task)
-    return training_plan(model, task, splits["train"], recipe.train, world_size=nproc, probe=probe)
+    return training_plan(
+        model, task, splits["train"], recipe.train, world_size=nproc, probe=probe, seed=recipe.seed
+    )  # the probe times the run's own first batches
 
 
 def _open_data(recipe: Recipe, task) -> tuple[dict[str, Records], str]:

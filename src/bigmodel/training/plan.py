@@ -235,7 +235,13 @@ def _flop_formulas() -> dict:
 
 
 def training_plan(
-    model: nn.Module, task, train_records: Records, cfg, world_size: int = 1, probe: bool = True
+    model: nn.Module,
+    task,
+    train_records: Records,
+    cfg,
+    world_size: int = 1,
+    probe: bool = True,
+    seed: int = 0,
 ) -> dict:
     """What training ``model`` on ``train_records`` per the recipe's ``train`` section will cost.
 
@@ -246,6 +252,7 @@ def training_plan(
         cfg: the recipe's ``train`` section.
         world_size: processes the run would use (``--nproc``).
         probe: also measure a few real optimizer steps and the matmul peak (False: memory and FLOPs only).
+        seed: the recipe's seed: the probe encodes and times the run's own first batches.
 
     Returns:
         A JSON-ready dict: ``device``, ``parameters``, ``batch``, ``flops``, ``memory`` (a row per
@@ -262,19 +269,19 @@ def training_plan(
     device = resolve_device(cfg.device)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        return _plan(model, task, train_records, cfg, world_size, probe, device)
+        return _plan(model, task, train_records, cfg, world_size, probe, device, seed)
 
 
-def _plan(model, task, records, cfg, world_size, probe, device) -> dict:
+def _plan(model, task, records, cfg, world_size, probe, device, seed: int = 0) -> dict:
     notes: list[str] = []
     batch_size = len(records) if cfg.batch_size == "all" else min(cfg.batch_size, len(records))
     lengths = example_lengths(task, records) if len(records) <= MAX_LENGTH_SCAN else None
     m = min(batch_size, MEASURE_BATCH)
     longest = np.argsort(-lengths, kind="stable") if lengths is not None else None
     order = longest if longest is not None else EpochSampler(len(records), batch_size).order(0)
-    small, _ = _micro_batch(task, records, order[:m])
+    small, _ = _micro_batch(task, records, order[:m], seed)
     grouped = lengths if cfg.group_by_length else None
-    steps, data_s = _loop_batches(task, records, batch_size, grouped, PROBE_WARMUP + PROBE_STEPS)
+    steps, data_s = _loop_batches(task, records, batch_size, grouped, PROBE_WARMUP + PROBE_STEPS, seed)
     batches = (small, steps, data_s, batch_size, m)
 
     with _workspace(model, device) as work:  # every pass and step below runs on it
@@ -376,22 +383,24 @@ def _memory_method(measured: int, act_scale: float, glibc: bool) -> str:
     return text
 
 
-def _loop_batches(task, records: Records, batch_size: int, lengths, count: int) -> tuple[list[dict], float]:
+def _loop_batches(
+    task, records: Records, batch_size: int, lengths, count: int, seed: int = 0
+) -> tuple[list[dict], float]:
     """The first ``count`` micro-batches the loop would train on (its sampler, length-grouped when the
     recipe asks), and the mean seconds to encode and collate one."""
-    plan = EpochSampler(len(records), batch_size, lengths=lengths).plan()
+    plan = EpochSampler(len(records), batch_size, seed, lengths=lengths).plan()
     batches, seconds = [], 0.0
     for _ in range(count):
-        batch, spent = _micro_batch(task, records, [i for _, i in next(plan).keys])
+        batch, spent = _micro_batch(task, records, [i for _, i in next(plan).keys], seed)
         batches.append(batch)
         seconds += spent
     return batches, seconds / count
 
 
-def _micro_batch(task, records: Records, indices) -> tuple[dict, float]:
+def _micro_batch(task, records: Records, indices, seed: int = 0) -> tuple[dict, float]:
     """Encode (with a training RNG, as the loop does) and collate these examples; and the seconds it took."""
     started = time.perf_counter()
-    dataset = TaskDataset(records, task.encode, seed=0, train=True)
+    dataset = TaskDataset(records, task.encode, seed=seed, train=True)
     batch = task.collate([dataset[(0, int(i))] for i in indices])
     return batch, time.perf_counter() - started
 
