@@ -42,10 +42,26 @@ def test_recipe_loads_and_trains_one_step(name, tmp_path):
             pytest.skip("dry-run on 8 generated clips in tests/data/test_spoken_digits.py")
         if recipe.data.source == "builtin:asterisk-en":  # published splits: a slice of each, real prompts
             overrides.update(_asterisk_slice(tmp_path))
+        if recipe.data.source == "builtin:tuxpaint-speech":  # the same: 2 real phrases of 2 languages
+            overrides.update(_tuxpaint_slice(tmp_path))
         overrides["data.split"] = {"validation": 0.02, "test": 0.02}
     run = bigmodel.train(path, output=tmp_path / "runs", progress=False, **overrides)
     assert run.metrics["train"]["steps"] == 1
     assert (run.path / "recipe.yaml").is_file() and (run.path / "model.safetensors").is_file()
+
+
+def _tuxpaint_slice(folder) -> dict:
+    """Two French and two Spanish phrases of each of the recipe's own splits, as audio: manifests."""
+    from bigmodel.data.tuxpaint_speech import read_tuxpaint_speech
+
+    sources = {}
+    for split, records in read_tuxpaint_speech().items():
+        rows = [records[i] for i in range(len(records))]
+        rows = [r for r in rows if r["label"] == "fr"][:2] + [r for r in rows if r["label"] == "es"][:2]
+        path = folder / f"{split}.jsonl"
+        path.write_text("".join(json.dumps({"audio": r["audio"], "label": r["label"]}) + "\n" for r in rows))
+        sources["data.source" if split == "train" else f"data.{split}"] = f"audio:{path}"
+    return sources
 
 
 def _asterisk_slice(folder) -> dict:

@@ -237,6 +237,17 @@ BUILTINS: dict[str, Builtin] = {
         install="apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en",
         installed=lambda: importlib.import_module("bigmodel.data.asterisk").asterisk_installed(),
     ),
+    "tuxpaint-speech": Builtin(
+        _reader("tuxpaint_speech", "read_tuxpaint_speech"),
+        "Real recorded phrases for spoken-language identification: Tux Paint's stamp descriptions read by "
+        "volunteers in 9 languages (ca, fr, ro, ru, bg, es, be, el, da; 7,190 phrases, ~3 h, Ogg Vorbis "
+        "44.1 kHz), label = the language. One volunteer per language, so the task is language-and-speaker "
+        "identification. Held out by stamp (a digest of its path): a test phrase is never heard in training "
+        "in any language (5,662 / 694 / 834). From the Debian package tuxpaint-stamps-default (GPL-2).",
+        package="tuxpaint-stamps-default (Debian)",
+        install="apt-get install tuxpaint-stamps-default",
+        installed=lambda: importlib.import_module("bigmodel.data.tuxpaint_speech").tuxpaint_installed(),
+    ),
     "srl-templates": Builtin(
         _reader("conll2012", "read_srl_templates"),
         "Synthetic, not a real corpus: 3,000 template sentences with PropBank-style ARG0/ARG1/ARGM-LOC/"
