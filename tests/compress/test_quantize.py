@@ -308,7 +308,8 @@ def test_the_stage_saves_plain_tensors_and_load_reproduces_its_outputs(digits, t
     [
         (
             {"method": "int4"},
-            r"compress\[1\]\.quantize\.method: .*'dynamic_int8', 'static_int8' or 'weight_only_int8'.*int4",
+            r"compress\[1\]\.quantize\.method: "
+            r".*'dynamic_int8', 'static_int8', 'qat_int8' or 'weight_only_int8'.*int4",
         ),
         ({"engine": "qnnpack"}, r"compress\[1\]\.quantize\.engine: .*'x86' or 'fbgemm'.*qnnpack"),
         (
