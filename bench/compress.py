@@ -18,9 +18,29 @@ sentiment classifier (``recipes/tweet-sentiment-minilm.yaml``'s task and tokeniz
   features as seen through a random 3-way projection; it is NOT the accuracy drop of a trained
   classifier (``compress:`` on a trained run measures that).
 
+Sections ``distill`` and ``prune`` go through the project's own compress runner (``bigmodel.train``
+with a ``compress:`` list, ``bigmodel.compress_run`` on a trained run) and return the figures that
+runner measured and wrote to ``RUN/compress/report.json`` (compress/stages.py, compress/measure.py):
+the task's metric on the test split, its drop in points, parameters, ``model.safetensors`` bytes, p50
+latency at batch 1 and throughput at batch 32 (every model timed in turn, round after round), the
+speedup and whether the stage was accepted:
+
+- ``distill``: docs/results.md's teacher (recipes/digits-cnn.yaml with ``model: {arch: resnet, layers:
+  [1, 1, 1], widths: [32, 64, 128]}``) trained ``--distill-epochs``, then distilled into ``cnn
+  channels [8, 16]`` (``--student-channels``) for ``--distill-epochs`` with KD (alpha 0.7, T 4) and
+  without (alpha 0: the task loss alone, the same student trained on the labels), each a
+  ``compress_run`` on the same trained teacher.
+- ``prune``: recipes/fashion-mnist-cnn.yaml trained ``--prune-train-epochs`` on a seeded
+  ``--prune-subset`` of the 60k training images (written as MNIST-layout IDX files to a temporary
+  folder: ``data.subset`` is a Hugging Face configuration name, not a sample size; 0 = all), judged on
+  the published 10k test set, then ``prune: {method: channels, amount: 0.5, finetune: {epochs:
+  --prune-epochs}}``. Without Debian's dataset-fashion-mnist it falls back to recipes/digits-cnn.yaml
+  and says so in the result.
+
 Run:
-    OMP_NUM_THREADS=1 .venv/bin/python bench/compress.py [--sections quantize] [--repeats 200]
-        [--tweets 500]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/compress.py [--sections quantize distill prune]
+        [--repeats 200] [--tweets 500] [--distill-epochs 40] [--prune-subset 20000]
+        [--prune-train-epochs 3] [--prune-epochs 2]
 """
 
 from __future__ import annotations
@@ -30,6 +50,7 @@ import importlib.util
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -295,6 +316,130 @@ def section_quantize_decoder(repeats: int) -> dict:
     }
 
 
+# --- distillation and pruning, through the compress runner ----------------------------------------
+
+
+def _report_rows(run_dir: Path) -> dict:
+    """``RUN/compress/report.json`` as the runner wrote it, each row trimmed to the bench's figures."""
+    report = json.loads((Path(run_dir) / "compress" / "report.json").read_text())
+    rows = []
+    for row in report["stages"]:
+        rows.append({
+            "stage": row["stage"],
+            report["metric"]: round(row["metric"], 4),
+            "metric_drop_points": round(row.get("metric_drop", 0.0), 2),
+            "parameters": row["params"],
+            "size_bytes": row["size_bytes"],
+            "latency_ms_p50_batch1": round(row["latency_ms_p50"], 4),
+            "throughput_batch32": round(row["throughput"], 1),
+            # the stage's own judgement: timed against the trained model in its own rounds
+            "speedup": round(row["speedup"], 3) if "speedup" in row else 1.0,
+            "accepted": row["accepted"],
+            "why": row["why"],
+            "notes": row.get("notes", []),
+        })  # fmt: skip
+    base = rows[0]
+    for row in rows[1:]:  # the same ratio from the report's common rounds (all models in turn)
+        row["speedup_report_rounds"] = round(base["latency_ms_p50_batch1"] / row["latency_ms_p50_batch1"], 3)
+        row["throughput_ratio"] = round(row["throughput_batch32"] / base["throughput_batch32"], 3)
+    return {"metric": report["metric"], "rows": rows}
+
+
+def section_distill(epochs: int, student_channels: list[int], alpha: float, runs: Path) -> dict:
+    """docs/results.md's distillation row, reduced to ``epochs`` for teacher and students: KD vs no KD."""
+    import bigmodel
+
+    torch.set_num_threads(1)
+    import yaml
+
+    teacher_model = {"arch": "resnet", "layers": [1, 1, 1], "widths": [32, 64, 128]}
+    # digits-cnn.yaml whose model: is replaced whole (an override would merge into the cnn's options)
+    recipe = yaml.safe_load((ROOT / "recipes" / "digits-cnn.yaml").read_text())
+    recipe.update(name="digits-resnet-teacher", model=teacher_model)
+    started = time.time()
+    run = bigmodel.train(recipe, output=str(runs), progress=False, **{"train.epochs": epochs})
+    teacher_s = time.time() - started
+    out = {
+        "recipe": f"recipes/digits-cnn.yaml, model {teacher_model}, train.epochs {epochs}",
+        "student": {"arch": "cnn", "channels": student_channels},
+        "teacher_train_s": round(teacher_s, 1),
+        "teacher_test": {k: round(v, 4) for k, v in run.metrics.get("test", {}).items() if k == "accuracy"},
+        "runs": {},
+    }
+    for name, a in ((f"kd_alpha_{alpha:g}", alpha), ("no_kd_alpha_0", 0.0)):
+        stage = {"distill": {"student": {"arch": "cnn", "channels": student_channels}, "alpha": a,
+                             "train": {"epochs": epochs}}}  # fmt: skip
+        started = time.time()
+        bigmodel.compress_run(run.path, [stage], progress=False)
+        out["runs"][name] = {
+            "stage": stage,
+            "wall_s": round(time.time() - started, 1),
+            **_report_rows(run.path),
+        }
+        student = out["runs"][name]["rows"][-1]
+        teacher = out["runs"][name]["rows"][0]
+        student["percent_of_teacher"] = round(100 * student["accuracy"] / teacher["accuracy"], 2)
+    return out
+
+
+def _write_idx(path: Path, array) -> None:
+    """An uncompressed IDX file (MNIST layout) of a uint8 array."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def _fashion_subset(n: int, folder: Path, seed: int = 0) -> dict:
+    """Overrides reading a seeded ``n`` of Fashion-MNIST's 60k training images (all when 0) and its
+    published 10k test set, as IDX files under ``folder``."""
+    from bigmodel.data.images import FASHION_MNIST_DIR, read_idx
+
+    images = read_idx(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz")
+    if n and n < len(images):
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        images, labels = images[keep.numpy()], labels[keep.numpy()]
+    _write_idx(folder / "train-images-idx3-ubyte", images)
+    _write_idx(folder / "train-labels-idx1-ubyte", labels)
+    return {
+        "data.source": f"idx:{folder / 'train-images-idx3-ubyte'}",
+        "data.test": f"idx:{FASHION_MNIST_DIR / 't10k-images-idx3-ubyte.gz'}",
+    }
+
+
+def section_prune(subset: int, train_epochs: int, prune_epochs: int, amount: float, runs: Path) -> dict:
+    """Channel pruning of the Fashion-MNIST CNN (half the channels, then a fine-tune), as a ``compress:``
+    stage of the training run itself."""
+    import bigmodel
+    from bigmodel.data.images import fashion_mnist_installed
+
+    torch.set_num_threads(1)
+    stage = {"prune": {"method": "channels", "amount": amount, "finetune": {"epochs": prune_epochs}}}
+    overrides = {"train.epochs": train_epochs, "compress": [stage]}
+    if fashion_mnist_installed():
+        recipe, fallback = ROOT / "recipes" / "fashion-mnist-cnn.yaml", None
+        (runs / "fashion-subset").mkdir(parents=True, exist_ok=True)
+        overrides.update(_fashion_subset(subset, runs / "fashion-subset"))
+        data = (f"Fashion-MNIST: {subset or 60000:,} seeded training images (10 % of them held out for "
+                "validation), the published 10,000-image test set")  # fmt: skip
+    else:
+        recipe = ROOT / "recipes" / "digits-cnn.yaml"
+        fallback = "Debian's dataset-fashion-mnist is not installed: recipes/digits-cnn.yaml instead"
+        data = "scikit-learn digits (recipes/digits-cnn.yaml's split)"
+    started = time.time()
+    run = bigmodel.train(recipe, output=str(runs), progress=False, **overrides)
+    return {
+        "recipe": f"{recipe.relative_to(ROOT)}, train.epochs {train_epochs}",
+        "data": data,
+        "fallback": fallback,
+        "stage": stage,
+        "wall_s": round(time.time() - started, 1),
+        **_report_rows(run.path),
+    }
+
+
 class _Plain:
     """The ``task.forward`` of a bare model taking one tensor."""
 
@@ -307,6 +452,8 @@ SECTIONS = {
     "quantize": section_quantize,
     "quantize_cnn": section_quantize_cnn,
     "quantize_decoder": section_quantize_decoder,
+    "distill": section_distill,
+    "prune": section_prune,
 }
 
 
@@ -318,14 +465,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--probe-train", type=int, default=3000, help="train tweets for the linear probe; 0: none"
     )
+    parser.add_argument("--distill-epochs", type=int, default=40, help="teacher and student epochs")
+    parser.add_argument("--student-channels", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--alpha", type=float, default=0.7, help="distill: the KD run's alpha")
+    parser.add_argument(
+        "--prune-subset", type=int, default=20000, help="Fashion-MNIST training images (seeded); 0: all 60k"
+    )
+    parser.add_argument("--prune-train-epochs", type=int, default=3, help="epochs before pruning")
+    parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tune epochs after pruning")
+    parser.add_argument("--prune-amount", type=float, default=0.5, help="share of channels removed")
+    parser.add_argument("--runs", help="where the sections' runs go; default: a temporary folder")
     args = parser.parse_args(argv)
     started = time.time()
     result = {"machine": machine(), "note": "shared machine: timings are noisy"}
-    for name in args.sections:
-        if name == "quantize":
-            result[name] = section_quantize(args.repeats, args.tweets, args.probe_train)
-        else:
-            result[name] = SECTIONS[name](args.repeats)
+    with tempfile.TemporaryDirectory(prefix="bench-compress-") as tmp:
+        runs = Path(args.runs or tmp)
+        for name in args.sections:
+            if name == "quantize":
+                result[name] = section_quantize(args.repeats, args.tweets, args.probe_train)
+            elif name == "distill":
+                result[name] = section_distill(args.distill_epochs, args.student_channels, args.alpha, runs)
+            elif name == "prune":
+                result[name] = section_prune(
+                    args.prune_subset, args.prune_train_epochs, args.prune_epochs, args.prune_amount, runs
+                )
+            else:
+                result[name] = SECTIONS[name](args.repeats)
     result["wall_s"] = round(time.time() - started, 1)
     print(json.dumps(result, indent=2))
 
