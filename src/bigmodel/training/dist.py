@@ -61,6 +61,11 @@ def setup(device: torch.device, strategy: str = "ddp") -> tuple[Dist, torch.devi
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise RecipeError(
+                f"--nproc / --nproc-per-node: process {local_rank} of this machine needs GPU {local_rank}, "
+                f"but {torch.cuda.device_count()} are visible. Use one process per GPU, or train.device=cpu."
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
