@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
+from bigmodel.compress.options import describe, parse_stage_options
 from bigmodel.compress.stages import StageOutput
 from bigmodel.data.loader import to_device
 from bigmodel.errors import RecipeError, RunDirError, UserError
@@ -76,30 +77,13 @@ class Options(BaseModel):
         try:  # unknown keys and bad values named now; merged over the run's in apply
             TrainConfig(**value)
         except ValidationError as exc:
-            raise ValueError(_describe(exc, "", list(TrainConfig.model_fields)).lstrip(".")) from None
+            raise ValueError(describe(exc, "", TrainConfig).lstrip(".")) from None
         return value
 
 
 def parse_options(options: dict, where: str) -> Options:
     """Validate a ``distill`` stage's options; errors name ``{where}.<field>``, the value and the rule."""
-    if not isinstance(options, dict):
-        raise RecipeError(f"{where}: expected a mapping of options, got {options!r}.")
-    try:
-        return Options(**options)
-    except ValidationError as exc:
-        raise RecipeError(_describe(exc, where, list(Options.model_fields))) from None
-
-
-def _describe(exc: ValidationError, where: str, allowed: list[str]) -> str:
-    errors = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            errors.append(f"{where}.{key}: unknown option. Allowed: {', '.join(allowed)}.")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            errors.append(f"{where}.{key}: {msg} (got {err.get('input')!r}).")
-    return " ".join(errors)
+    return parse_stage_options(Options, options, where)
 
 
 # --- the losses -------------------------------------------------------------------------------------
@@ -302,7 +286,7 @@ def _train_config(base: TrainConfig, overrides: dict, where: str) -> TrainConfig
     try:
         return TrainConfig(**merged)
     except ValidationError as exc:
-        raise RecipeError(_describe(exc, f"{where}.train", list(TrainConfig.model_fields))) from None
+        raise RecipeError(describe(exc, f"{where}.train", TrainConfig)) from None
 
 
 def _merge(base: dict, overrides: dict) -> dict:

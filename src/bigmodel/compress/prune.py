@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from bigmodel.compress.options import Finetune, parse_stage_options
 from bigmodel.compress.stages import StageOutput
 from bigmodel.compress.surgery import replace_modules
-from bigmodel.errors import RecipeError, UserError, did_you_mean
+from bigmodel.errors import RecipeError, UserError
 from bigmodel.models.cnn import CNN
 from bigmodel.models.mlp import MLP
 from bigmodel.models.registry import family_of, get_family
@@ -45,14 +46,6 @@ from bigmodel.models.registry import family_of, get_family
 RECALIBRATE_EXAMPLES = 1024
 
 # --- options ----------------------------------------------------------------------------------------
-
-
-class Finetune(BaseModel):
-    """Training after each pruning step: the run's ``train`` section with these changes."""
-
-    model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(ge=1, description="epochs of fine-tuning after each pruning step")
-    lr: float | None = Field(None, gt=0.0, description="learning rate; default: the run's train.optimizer.lr")
 
 
 class Options(BaseModel):
@@ -76,24 +69,7 @@ class Options(BaseModel):
 def parse_options(options: dict, where: str = "compress[?].prune") -> Options:
     """``options`` validated; a problem is a RecipeError naming ``<where>.<field>``, the value and
     what is allowed."""
-    try:
-        return Options(**options)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                known = list(Finetune.model_fields if key.startswith("finetune.") else Options.model_fields)
-                name = key.rsplit(".", 1)[-1]
-                problems.append(
-                    f"{where}.{key}: unknown option. Allowed: {', '.join(known)}.{did_you_mean(name, known)}"
-                )
-            else:
-                message = err["msg"].removeprefix("Value error, ")
-                problems.append(f"{where}.{key}: {message} (got {err.get('input')!r:.60}).")
-        raise RecipeError(" ".join(problems)) from None
-    except TypeError as exc:
-        raise RecipeError(f"{where}: {exc}.") from None
+    return parse_stage_options(Options, options, where)
 
 
 # --- magnitude (unstructured) ------------------------------------------------------------------------

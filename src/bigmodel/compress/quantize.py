@@ -67,12 +67,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 from torch.nn import functional as F
 
+from bigmodel.compress.options import Finetune, parse_stage_options
 from bigmodel.compress.surgery import replace_modules
-from bigmodel.errors import RecipeError, did_you_mean
+from bigmodel.errors import RecipeError
 from bigmodel.models.registry import build_config, family_of, get_family
 
 FORMAT = 1  # transform.quantize's format version
@@ -100,15 +101,6 @@ def _quiet():
 
 
 # --- options -----------------------------------------------------------------------------------------
-
-
-class Finetune(BaseModel):
-    """Quantization-aware training (``qat_int8``): the run's ``train`` section with these changes (the
-    same fields as prune's ``finetune``)."""
-
-    model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(ge=1, description="epochs of training with fake quantization in place")
-    lr: float | None = Field(None, gt=0.0, description="learning rate; default: the run's train.optimizer.lr")
 
 
 class Options(BaseModel):
@@ -141,26 +133,9 @@ class Options(BaseModel):
 
 
 def parse_options(options: dict, where: str = "compress[?].quantize") -> Options:
-    """``options`` validated; a problem is a RecipeError naming ``<where>.<field>``, the value and what
-    is allowed."""
-    try:
-        return Options(**options)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                known = list(Finetune.model_fields if key.startswith("finetune.") else Options.model_fields)
-                name = key.rsplit(".", 1)[-1]
-                problems.append(
-                    f"{where}.{key}: unknown option. Allowed: {', '.join(known)}.{did_you_mean(name, known)}"
-                )
-            else:
-                message = err["msg"].removeprefix("Value error, ")
-                problems.append(f"{where}.{key}: {message} (got {err.get('input')!r:.60}).")
-        raise RecipeError(" ".join(problems)) from None
-    except TypeError as exc:
-        raise RecipeError(f"{where}: {exc}.") from None
+    """``options`` validated; a problem is a RecipeError naming ``<where>.<field>``, the value and
+    what is allowed."""
+    return parse_stage_options(Options, options, where)
 
 
 def set_engine(engine: str = "x86") -> None:
