@@ -24,8 +24,9 @@ from bigmodel.data.audio import (
     load_audio,
     resample,
 )
+from bigmodel.data.audio_features import FeatureSpec
 from bigmodel.data.audio_transforms import add_noise, time_shift
-from bigmodel.errors import DataError
+from bigmodel.errors import DataError, RecipeError
 from bigmodel.tasks.base import Task, is_data_file, read_inputs
 
 
@@ -55,6 +56,19 @@ class AudioTask(Task):
         if found != rate and not self.options.resample:
             load_audio(value, where, rate, resample_other_rates=False)  # raises, naming both rates
         return resample(wave, round(found * speed), rate)
+
+    def _feature_spec(self, rate: int) -> FeatureSpec:
+        """The features ``options.features`` asks for at ``rate`` (windows in samples, n_fft the next
+        power of two above the window unless given); a bad combination names ``task.features``."""
+        f = self.options.features
+        win, hop = round(f.window_ms * rate / 1000), round(f.hop_ms * rate / 1000)
+        n_fft = f.n_fft or 1 << max(1, (win - 1).bit_length())
+        try:
+            return FeatureSpec(sample_rate=rate, kind=f.kind, n_fft=n_fft, win_length=win, hop_length=hop,
+                               n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, mel_scale=f.mel_scale,
+                               n_mfcc=f.n_mfcc)  # fmt: skip
+        except DataError as exc:
+            raise RecipeError(f"task.features: {exc}".replace("audio features: ", "")) from None
 
     def augment_wave(self, wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         aug, rate = self.options.augment, self.audio_spec["sample_rate"]

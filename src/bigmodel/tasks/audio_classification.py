@@ -172,18 +172,6 @@ class AudioClassificationTask(SingleLabel, AudioTask):
                 f"({self.options.clip_seconds:g} s) and are cropped (centred in evaluation)."
             )
 
-    def _feature_spec(self, rate: int) -> FeatureSpec:
-        f = self.options.features
-        win = round(f.window_ms * rate / 1000)
-        hop = round(f.hop_ms * rate / 1000)
-        n_fft = f.n_fft or 1 << max(1, (win - 1).bit_length())
-        try:
-            return FeatureSpec(sample_rate=rate, kind=f.kind, n_fft=n_fft, win_length=win, hop_length=hop,
-                               n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, mel_scale=f.mel_scale,
-                               n_mfcc=f.n_mfcc)  # fmt: skip
-        except DataError as exc:
-            raise RecipeError(f"task.features: {exc}".replace("audio features: ", "")) from None
-
     def _measure(self, train: Records, spec: FeatureSpec, clip: int | None):
         """Per-band mean/std of the features of up to STATS_SAMPLE train clips (as evaluation sees them),
         the most frames seen, and how many of those clips are longer than the clip length."""

@@ -253,17 +253,6 @@ class SpeechRecognitionTask(AudioTask):
     def notes(self) -> list[str]:
         return list(self._notes)
 
-    def _feature_spec(self, rate: int) -> FeatureSpec:
-        f = self.options.features
-        win, hop = round(f.window_ms * rate / 1000), round(f.hop_ms * rate / 1000)
-        n_fft = f.n_fft or 1 << max(1, (win - 1).bit_length())
-        try:
-            return FeatureSpec(sample_rate=rate, kind=f.kind, n_fft=n_fft, win_length=win, hop_length=hop,
-                               n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, mel_scale=f.mel_scale,
-                               n_mfcc=f.n_mfcc)  # fmt: skip
-        except DataError as exc:
-            raise RecipeError(f"task.features: {exc}".replace("audio features: ", "")) from None
-
     def _texts(self, records: Records, split: str) -> list[str]:
         """The split's normalised transcripts; a missing or non-text one refused naming its row."""
         column = self.text_column(records)
