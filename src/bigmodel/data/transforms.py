@@ -113,3 +113,46 @@ def _pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if dh or dw:
         x = F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
     return x
+
+
+def draw_mix(rng: np.random.Generator, mixup: float, cutmix: float, size: tuple[int, int]) -> dict | None:
+    """One example's share of a mixed batch (mixup, Zhang et al. 2018; CutMix, Yun et al. 2019), drawn
+    from its own RNG so a resumed run mixes the same way: ``{"lam", "box"}`` — ``lam`` the weight this
+    example keeps, ``box`` ``(top, bottom, left, right)`` for CutMix or ``None`` for mixup. ``mixup`` and
+    ``cutmix`` are the Beta(α, α) parameters (0 = off); with both on, each example picks one with
+    probability 1/2. The partner it mixes with is chosen at collation (``mix_batch``)."""
+    kinds = [k for k, alpha in (("mixup", mixup), ("cutmix", cutmix)) if alpha > 0]
+    if not kinds:
+        return None
+    kind = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
+    lam = float(rng.beta(mixup, mixup) if kind == "mixup" else rng.beta(cutmix, cutmix))
+    if kind == "mixup":
+        return {"lam": lam, "box": None}
+    h, w = size
+    cut_h, cut_w = round(h * np.sqrt(1 - lam)), round(w * np.sqrt(1 - lam))
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, h)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, w)
+    # the box is clipped at the borders: the weight is the share of pixels actually kept
+    return {"lam": 1.0 - (bottom - top) * (right - left) / (h * w), "box": (top, bottom, left, right)}
+
+
+def mix_batch(x: torch.Tensor, draws: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mix each image of ``x`` ``(B, C, H, W)`` with its partner, the next one in the batch (the last with
+    the first, as a rolled batch): blend by ``lam`` (mixup) or paste the partner's pixels into ``box``
+    (CutMix). Returns the mixed images, each partner's index and each example's ``lam``; the loss is
+    ``lam · CE(own label) + (1 - lam) · CE(partner's label)``. A batch of one is left as it is."""
+    n = len(x)
+    partner = torch.roll(torch.arange(n), -1)
+    lam = torch.tensor([d["lam"] if n > 1 else 1.0 for d in draws], dtype=torch.float32)
+    if n == 1:
+        return x, partner, lam
+    out = x.clone()
+    for i, draw in enumerate(draws):
+        other = x[int(partner[i])]
+        if draw["box"] is None:
+            out[i] = draw["lam"] * x[i] + (1 - draw["lam"]) * other
+        else:
+            top, bottom, left, right = draw["box"]
+            out[i, :, top:bottom, left:right] = other[:, top:bottom, left:right]
+    return out, partner, lam

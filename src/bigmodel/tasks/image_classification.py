@@ -1,19 +1,28 @@
 """Image classification: one label per image, from scratch or fine-tuned from pretrained weights.
 
 Images come from class folders (``images:FOLDER``), IDX files, arrays or any records with an image
-column; augmentation (random crop with padding or a random resized crop, flip, colour jitter) is
-drawn from the example RNG; predict takes image files, bytes or arrays and returns the top-k labels.
+column; augmentation (random crop with padding or a random resized crop, flip, colour jitter, and
+mixup/CutMix across the batch) is drawn from the example RNG; predict takes image files, bytes or
+arrays and returns the top-k labels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from bigmodel.data.records import Records
-from bigmodel.data.transforms import color_jitter, random_crop, random_flip, random_resized_crop
+from bigmodel.data.transforms import (
+    color_jitter,
+    draw_mix,
+    mix_batch,
+    random_crop,
+    random_flip,
+    random_resized_crop,
+)
 from bigmodel.errors import RecipeError
 from bigmodel.tasks.base import LabelOptions, check_targets, label_column, label_report_row
 from bigmodel.tasks.classification import Labels, SingleLabel
@@ -30,6 +39,12 @@ class AugmentOptions(BaseModel):
     flip: bool = Field(False, description="mirror left-right with probability 1/2 (not for digits or text)")
     color_jitter: float = Field(
         0.0, ge=0.0, le=1.0, description="brightness/contrast/saturation factor range"
+    )
+    mixup: float = Field(
+        0.0, ge=0.0, description="mixup's Beta(α, α): blend each image and its label with another's (0 = off)"
+    )
+    cutmix: float = Field(
+        0.0, ge=0.0, description="CutMix's Beta(α, α): paste a box of another image, labels by area (0 = off)"
     )
 
 
@@ -79,7 +94,11 @@ class ImageClassificationTask(SingleLabel, ImageTask):
             x = self.augment(x, rng)
         label = self.data.get("label") or "label"
         y = self.labels.index(example[label]) if label in example else None
-        return {"x": self.normalized(x), "y": y}
+        item = {"x": self.normalized(x), "y": y}
+        aug = self.options.augment
+        if rng is not None and y is not None and (aug.mixup or aug.cutmix):
+            item["mix"] = draw_mix(rng, aug.mixup, aug.cutmix, tuple(x.shape[-2:]))
+        return item
 
     def augment(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         aug, size = self.options.augment, tuple(self.image_spec["size"])
@@ -95,7 +114,19 @@ class ImageClassificationTask(SingleLabel, ImageTask):
         batch = {"x": torch.stack([item["x"] for item in items]), "num_items": len(items)}
         if items[0]["y"] is not None:
             batch["y"] = torch.as_tensor([item["y"] for item in items])
+        if "mix" in items[0]:  # training batches only: evaluation encodes without an RNG
+            batch["x"], partner, batch["lam"] = mix_batch(batch["x"], [item["mix"] for item in items])
+            batch["y_partner"] = batch["y"][partner]
         return batch
+
+    def loss_from(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        if "lam" not in batch:
+            return super().loss_from(logits, batch)
+        smoothing = self.options.label_smoothing
+        logits = logits.float()
+        own = F.cross_entropy(logits, batch["y"], label_smoothing=smoothing, reduction="none")
+        other = F.cross_entropy(logits, batch["y_partner"], label_smoothing=smoothing, reduction="none")
+        return (batch["lam"].to(own.device) * own + (1 - batch["lam"].to(own.device)) * other).sum()
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["x"])
