@@ -1,7 +1,7 @@
-"""The gpt2-lora recipe's chain on a tiny slice: pretrain (shakespeare-char-gpt's model) -> export-hf (a
-GPT-2 folder) -> LoRA fine-tune on another text (recipes/gpt2-lora.yaml). The adapters are under 1 % of
-the weights, the base stays bit-identical, the loss falls, and peft puts the adapter files onto
-transformers' GPT2LMHeadModel with the same logits."""
+"""The gpt2-lora recipe's chain on a tiny slice: pretrain (shakespeare-char-gpt's model) -> export
+--format hf (a GPT-2 folder) -> LoRA fine-tune on another text (recipes/gpt2-lora.yaml). The adapters
+are under 1 % of the weights, the base stays bit-identical, the loss falls, and peft puts the adapter
+files onto transformers' GPT2LMHeadModel with the same logits."""
 
 from __future__ import annotations
 
