@@ -34,13 +34,16 @@ speedup and whether the stage was accepted:
   ``--prune-subset`` of the 60k training images (written as MNIST-layout IDX files to a temporary
   folder: ``data.subset`` is a Hugging Face configuration name, not a sample size; 0 = all), judged on
   the published 10k test set, then ``prune: {method: channels, amount: 0.5, finetune: {epochs:
-  --prune-epochs}}``. Without Debian's dataset-fashion-mnist it falls back to recipes/digits-cnn.yaml
-  and says so in the result.
+  --prune-epochs}}`` inside the training run. Each further ``--prune-stage JSON`` (options over that
+  base: ``steps``, ``step_schedule``, ``finetune.schedule``, ``finetune.distill`` ...) is a
+  ``compress_run`` on the same trained model, so variants are paired; ``--prune-run RUN`` prunes a run
+  trained before (e.g. kept with ``--runs``) instead of training one. Without Debian's
+  dataset-fashion-mnist it falls back to recipes/digits-cnn.yaml and says so in the result.
 
 Run:
     OMP_NUM_THREADS=1 .venv/bin/python bench/compress.py [--sections quantize distill prune]
         [--repeats 200] [--tweets 500] [--distill-epochs 40] [--prune-subset 20000]
-        [--prune-train-epochs 3] [--prune-epochs 2]
+        [--prune-train-epochs 3] [--prune-epochs 2] [--prune-stage JSON ...] [--prune-run RUN]
 """
 
 from __future__ import annotations
@@ -409,35 +412,59 @@ def _fashion_subset(n: int, folder: Path, seed: int = 0) -> dict:
     }
 
 
-def section_prune(subset: int, train_epochs: int, prune_epochs: int, amount: float, runs: Path) -> dict:
-    """Channel pruning of the Fashion-MNIST CNN (half the channels, then a fine-tune), as a ``compress:``
-    stage of the training run itself."""
+def section_prune(
+    subset: int, train_epochs: int, stages: list[dict], runs: Path, run_path: str | None
+) -> dict:
+    """Channel pruning of the Fashion-MNIST CNN as ``compress:`` stages of one trained run: the first
+    stage inside the training run itself (as ``bigmodel train ... compress=[...]``), every further one
+    by ``compress_run`` on the same trained model, so the variants are paired (one baseline, one seed).
+    ``run_path``: an already trained run to prune instead (its recipe and data as they were)."""
     import bigmodel
     from bigmodel.data.images import fashion_mnist_installed
 
     torch.set_num_threads(1)
-    stage = {"prune": {"method": "channels", "amount": amount, "finetune": {"epochs": prune_epochs}}}
-    overrides = {"train.epochs": train_epochs, "compress": [stage]}
+    stages = [{"prune": options} for options in stages]
     if fashion_mnist_installed():
         recipe, fallback = ROOT / "recipes" / "fashion-mnist-cnn.yaml", None
-        (runs / "fashion-subset").mkdir(parents=True, exist_ok=True)
-        overrides.update(_fashion_subset(subset, runs / "fashion-subset"))
         data = (f"Fashion-MNIST: {subset or 60000:,} seeded training images (10 % of them held out for "
                 "validation), the published 10,000-image test set")  # fmt: skip
     else:
         recipe = ROOT / "recipes" / "digits-cnn.yaml"
         fallback = "Debian's dataset-fashion-mnist is not installed: recipes/digits-cnn.yaml instead"
         data = "scikit-learn digits (recipes/digits-cnn.yaml's split)"
+    out = {"recipe": f"{recipe.relative_to(ROOT)}, train.epochs {train_epochs}", "data": data,
+           "fallback": fallback, "runs": []}  # fmt: skip
     started = time.time()
-    run = bigmodel.train(recipe, output=str(runs), progress=False, **overrides)
-    return {
-        "recipe": f"{recipe.relative_to(ROOT)}, train.epochs {train_epochs}",
-        "data": data,
-        "fallback": fallback,
-        "stage": stage,
-        "wall_s": round(time.time() - started, 1),
-        **_report_rows(run.path),
-    }
+    if run_path is None:
+        overrides = {"train.epochs": train_epochs, "compress": stages[:1]}
+        if fallback is None:
+            (runs / "fashion-subset").mkdir(parents=True, exist_ok=True)
+            overrides.update(_fashion_subset(subset, runs / "fashion-subset"))
+        run_path = bigmodel.train(recipe, output=str(runs), progress=False, **overrides).path
+        out["runs"].append({"stage": stages[0], "wall_s_with_training": round(time.time() - started, 1),
+                            **_report_rows(run_path)})  # fmt: skip
+        stages = stages[1:]
+    out["run"] = str(run_path)
+    for stage in stages:
+        started = time.time()
+        bigmodel.compress_run(run_path, [stage], progress=False)
+        out["runs"].append(
+            {"stage": stage, "wall_s": round(time.time() - started, 1), **_report_rows(run_path)}
+        )
+    return out
+
+
+def prune_stages(args) -> list[dict]:
+    """The prune options of each ``--prune-stage`` over the base ``{method: channels, amount, finetune:
+    {epochs}}`` (``finetune`` merged key by key; ``"finetune": null`` drops it)."""
+    base = {"method": "channels", "amount": args.prune_amount, "finetune": {"epochs": args.prune_epochs}}
+    stages = []
+    for extra in args.prune_stage or [{}]:
+        stage = {**base, **extra}
+        if isinstance(extra.get("finetune"), dict):
+            stage["finetune"] = {**base["finetune"], **extra["finetune"]}
+        stages.append({k: v for k, v in stage.items() if v is not None})
+    return stages
 
 
 class _Plain:
@@ -474,6 +501,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prune-train-epochs", type=int, default=3, help="epochs before pruning")
     parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tune epochs after pruning")
     parser.add_argument("--prune-amount", type=float, default=0.5, help="share of channels removed")
+    parser.add_argument(
+        "--prune-stage",
+        action="append",
+        type=json.loads,
+        metavar="JSON",
+        help='prune options, e.g. \'{"steps": 2, "finetune": {"epochs": 1}}\' over {method: channels, '
+        "amount: --prune-amount, finetune: {epochs: --prune-epochs}} (finetune merged key by key); "
+        "repeat for variants on the same trained model; default: one stage with no change",
+    )
+    parser.add_argument("--prune-run", help="prune this trained run instead of training one")
     parser.add_argument("--runs", help="where the sections' runs go; default: a temporary folder")
     args = parser.parse_args(argv)
     started = time.time()
@@ -487,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
                 result[name] = section_distill(args.distill_epochs, args.student_channels, args.alpha, runs)
             elif name == "prune":
                 result[name] = section_prune(
-                    args.prune_subset, args.prune_train_epochs, args.prune_epochs, args.prune_amount, runs
+                    args.prune_subset, args.prune_train_epochs, prune_stages(args), runs, args.prune_run
                 )
             else:
                 result[name] = SECTIONS[name](args.repeats)

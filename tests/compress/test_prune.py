@@ -303,7 +303,7 @@ def test_iterative_channel_pruning_reaches_the_asked_widths(digits, tmp_path):
         ({"amount": 0.5, "finetune": {"epochs": 0}}, r"compress\[0\]\.prune\.finetune\.epochs: "),
         (
             {"amount": 0.5, "finetune": {"epochs": 1, "lrr": 1}},
-            r"compress\[0\]\.prune\.finetune\.lrr: .*Allowed: epochs, lr",
+            r"compress\[0\]\.prune\.finetune\.lrr: .*Allowed: epochs, lr, schedule, distill",
         ),
     ],
 )

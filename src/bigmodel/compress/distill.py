@@ -29,6 +29,7 @@ it): it is held by the wrapper task, in eval mode, without gradients, run under 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -139,7 +140,8 @@ class DistillationTask:
     Args:
         task: the fitted task.
         teacher: frozen, eval mode, on the training device.
-        options: the stage's :class:`Options`.
+        options: the stage's :class:`Options` (or prune's ``finetune.distill``: ``temperature``,
+            ``alpha``, ``hidden`` false).
         projection: student width -> teacher width for the hidden term (None: equal widths or no
             hidden term); it is a submodule of the trained model (:class:`ProjectedStudent`).
     """
@@ -223,27 +225,21 @@ def apply(ctx, options: dict) -> StageOutput:
     student = build_student(task, opts.student, where)
 
     device = resolve_device(cfg.device)
-    teacher_device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
-    flags = {name: p.requires_grad for name, p in teacher.named_parameters()}
-    was_training = teacher.training
-    teacher.eval().requires_grad_(False).to(device)
     kd_task = DistillationTask(task, teacher, opts)
     hooks = []
-    try:
-        trained = student
-        if opts.hidden:
-            hooks = _catch_head_inputs(teacher, student, kd_task.features, where)
-        probe = _probe(task, kd_task, teacher, student, ctx.splits["train"], device, opts, where)
-        if probe["projection"] is not None:
-            trained = ProjectedStudent(student, probe["projection"])
-        result = fit(trained, kd_task, ctx.splits["train"], ctx.splits.get("validation"), cfg,
-                     run_dir=ctx.folder, seed=ctx.seed, show_progress=ctx.progress)  # fmt: skip
-    finally:
-        for hook in hooks:
-            hook.remove()
-        teacher.to(teacher_device).train(was_training)
-        for name, p in teacher.named_parameters():
-            p.requires_grad_(flags[name])  # later stages (a fine-tune) get the model as it was given
+    with frozen_teacher(teacher, device):
+        try:
+            trained = student
+            if opts.hidden:
+                hooks = _catch_head_inputs(teacher, student, kd_task.features, where)
+            probe = probe_outputs(task, kd_task, teacher, student, ctx.splits["train"], device, opts, where)
+            if probe["projection"] is not None:
+                trained = ProjectedStudent(student, probe["projection"])
+            result = fit(trained, kd_task, ctx.splits["train"], ctx.splits.get("validation"), cfg,
+                         run_dir=ctx.folder, seed=ctx.seed, show_progress=ctx.progress)  # fmt: skip
+        finally:
+            for hook in hooks:
+                hook.remove()
     student = student.cpu().eval()
     notes = [
         f"student {opts.student.arch}: {_params(student):,} parameters (teacher {_params(teacher):,}), "
@@ -316,7 +312,23 @@ def _catch_head_inputs(teacher: nn.Module, student: nn.Module, store: dict, wher
     return hooks
 
 
-def _probe(task, kd_task, teacher, student, train, device, opts: Options, where: str) -> dict:
+@contextmanager
+def frozen_teacher(teacher: nn.Module, device: torch.device):
+    """``teacher`` in eval mode, without gradients, on ``device`` inside the block; afterwards back on
+    its device, in its mode, with its ``requires_grad`` flags (later stages get the model as given)."""
+    teacher_device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    flags = {name: p.requires_grad for name, p in teacher.named_parameters()}
+    was_training = teacher.training
+    teacher.eval().requires_grad_(False).to(device)
+    try:
+        yield teacher
+    finally:
+        teacher.to(teacher_device).train(was_training)
+        for name, p in teacher.named_parameters():
+            p.requires_grad_(flags[name])
+
+
+def probe_outputs(task, kd_task, teacher, student, train, device, opts, where: str) -> dict:
     """Run a few train examples through both models before training: refuse outputs that hold no
     per-item class scores (naming the task), and size the hidden projection."""
     n = min(PROBE_EXAMPLES, len(train))

@@ -13,8 +13,16 @@
   re-measured on training examples (``recalibrate``), before any fine-tuning.
 
 ``steps`` > 1 prunes iteratively (Han et al. 2015): a fraction of the way, fine-tune, and again,
-until ``amount`` is reached. During a fine-tune the pruned weights are held at zero by masking their
-gradients (a fresh optimizer's moments stay zero too), so magnitude sparsity survives training.
+until ``amount`` is reached; ``step_schedule`` says how the fraction grows (:func:`step_amounts`:
+linear, geometric, or cubic as Zhu & Gupta 2017). During a fine-tune the pruned weights are held at
+zero by masking their gradients (a fresh optimizer's moments stay zero too), so magnitude sparsity
+survives training.
+
+The fine-tune (``finetune``) is the run's ``train`` section with its own epochs and lr, optionally
+its own learning-rate ``schedule`` (the run's usually warms up from zero, which a fine-tune of a
+trained model does not need) and ``distill``: the model as it was before pruning, frozen, teaches
+the pruned one with compress/distill.py's loss (alpha × T² KL on the logits + (1 − alpha) × the task
+loss), in every step.
 
 What families structured pruning knows is the table :data:`STRUCTURED` below: which layers form a
 chain (each one's outputs are the next one's inputs) and which config field holds each group's width.
@@ -24,6 +32,7 @@ residual stream, so a block pruned inside could not be written back as a config.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -35,7 +44,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from bigmodel.compress.options import Finetune, parse_stage_options
+from bigmodel.compress.options import GuidedFinetune, parse_stage_options
 from bigmodel.compress.stages import StageOutput
 from bigmodel.compress.surgery import replace_modules
 from bigmodel.errors import RecipeError, UserError
@@ -57,7 +66,14 @@ class Options(BaseModel):
     )
     amount: float = Field(gt=0.0, lt=1.0, description="fraction of weights (magnitude) or channels to remove")
     steps: int = Field(1, ge=1, le=100, description="prune in this many steps, fine-tuning after each")
-    finetune: Finetune | None = None
+    step_schedule: Literal["linear", "geometric", "cubic"] = Field(
+        "linear",
+        description="how the removed fraction grows over the steps: linear (amount x s/S), geometric (the "
+        "same share of what is left each step), cubic (amount x (1 - (1 - s/S)^3): most early)",
+    )
+    finetune: GuidedFinetune | None = Field(
+        None, description="train after each step: {epochs, lr, schedule, distill}; default: no fine-tune"
+    )
     recalibrate: int = Field(
         RECALIBRATE_EXAMPLES,
         ge=0,
@@ -326,26 +342,58 @@ def prune_channels(model: nn.Module, amount: float) -> tuple[nn.Module, dict]:
 # --- the stage ----------------------------------------------------------------------------------------
 
 
-def _finetune(model: nn.Module, ctx, options: Finetune, folder_name: str, masks: dict | None) -> None:
-    """Train ``model`` with the run's ``train`` section (epochs and lr from ``options``); masked
-    weights get zero gradients, so they stay zero; the model comes back on the CPU in eval mode."""
+def step_amounts(amount: float, steps: int, schedule: str = "linear") -> list[float]:
+    """The fraction removed after each of ``steps`` steps, ending exactly at ``amount``.
+
+    - linear: ``amount × s/S``, the same share of the original each step;
+    - geometric: ``1 − (1 − amount)^(s/S)``, the same share of what is left each step;
+    - cubic: ``amount × (1 − (1 − s/S)³)`` (Zhu & Gupta 2017, "To prune, or not to prune"): most is
+      removed early, while the network still has redundancy, less as it gets thin.
+    """
+    shares = []
+    for step in range(1, steps + 1):
+        t = step / steps
+        if schedule == "linear":
+            shares.append(amount * t)
+        elif schedule == "geometric":
+            shares.append(1.0 - (1.0 - amount) ** t)
+        elif schedule == "cubic":
+            shares.append(amount * (1.0 - (1.0 - t) ** 3))
+        else:
+            raise ValueError(f"unknown step schedule {schedule!r}")
+    shares[-1] = amount  # no rounding drift at the end
+    return shares
+
+
+def _finetune(
+    model: nn.Module, ctx, options: GuidedFinetune, folder_name: str, masks: dict | None, teacher: nn.Module
+) -> None:
+    """Train ``model`` with the run's ``train`` section (epochs, lr and schedule from ``options``;
+    with ``options.distill``, :class:`DistillationTask`'s loss with ``teacher`` frozen); masked weights
+    get zero gradients, so they stay zero; the model comes back on the CPU in eval mode."""
+    from bigmodel.compress.distill import DistillationTask, frozen_teacher, probe_outputs
     from bigmodel.training.checkpoint import finish_train_state
     from bigmodel.training.loop import fit
+    from bigmodel.training.validate import resolve_device
 
-    train = ctx.recipe.train
-    update = {"epochs": options.epochs, "max_steps": None}
-    if options.lr is not None:
-        update["optimizer"] = train.optimizer.model_copy(update={"lr": options.lr})
-    cfg = train.model_copy(update=update)
+    cfg = options.train_config(ctx.recipe.train)
     # fit may move the model to a GPU: the mask follows the gradient
     hooks = [w.register_hook(lambda g, m=mask: g * m.to(g.device)) for w, mask in (masks or {}).values()]
     folder = ctx.folder / folder_name
-    try:
-        fit(model, ctx.task, ctx.splits["train"], ctx.splits.get("validation"), cfg, run_dir=folder,
-            seed=ctx.seed, show_progress=ctx.progress)  # fmt: skip
-    finally:
-        for hook in hooks:
-            hook.remove()
+    task, device = ctx.task, resolve_device(cfg.device)
+    with contextlib.ExitStack() as stack:
+        if options.distill is not None:
+            stack.enter_context(frozen_teacher(teacher, device))
+            task = DistillationTask(ctx.task, teacher, options.distill)
+            # outputs that hold no class scores (regression) are refused before training, by field
+            probe_outputs(ctx.task, task, teacher, model, ctx.splits["train"], device, options.distill,
+                          f"{ctx.where('prune')}.finetune.distill")  # fmt: skip
+        try:
+            fit(model, task, ctx.splits["train"], ctx.splits.get("validation"), cfg, run_dir=folder,
+                seed=ctx.seed, show_progress=ctx.progress)  # fmt: skip
+        finally:
+            for hook in hooks:
+                hook.remove()
     finish_train_state(folder, "none")  # the stage keeps its model, not the optimizer's state
     model.cpu().eval()
     with torch.no_grad():
@@ -391,16 +439,20 @@ def apply(ctx, options: dict) -> StageOutput:
     """Prune ``ctx.model`` (left untouched) per ``options`` in ``steps`` steps, fine-tuning after each
     when ``finetune`` is set; returns the pruned model and what model.json holds to rebuild it."""
     opts = parse_options(options, ctx.where("prune"))
+    teacher = ctx.model  # the model before pruning, for finetune.distill (frozen while it teaches)
     model = copy.deepcopy(ctx.model).cpu().eval()
     params_before = sum(p.numel() for p in model.parameters())
+    shares = step_amounts(opts.amount, opts.steps, opts.step_schedule)
     notes = []
+    if opts.steps > 1:
+        notes.append(f"{opts.steps} {opts.step_schedule} steps: " + ", ".join(f"{a:.3f}" for a in shares))
     if opts.method == "magnitude":
         family = family_of(getattr(model, "backbone", model)) or ctx.recipe.model.arch
-        for step in range(1, opts.steps + 1):
-            magnitude_prune(model, opts.amount * step / opts.steps)
+        for step, share in enumerate(shares, start=1):
+            magnitude_prune(model, share)
             if opts.finetune is not None:
                 masks = {p: (w, (w != 0).to(w.dtype)) for p, w in _prunable_weights(model).items()}
-                _finetune(model, ctx, opts.finetune, _finetune_folder(step, opts.steps), masks)
+                _finetune(model, ctx, opts.finetune, _finetune_folder(step, opts.steps), masks, teacher)
         report = sparsity(model)
         spec = {"family": family, "config": ctx.task.model_config(model), "sparsity": report}
         notes.append(
@@ -410,12 +462,12 @@ def apply(ctx, options: dict) -> StageOutput:
     else:
         family = _structure(model, ctx.where("prune"))[0]
         widths = _widths(model)
-        for step in range(1, opts.steps + 1):
-            kept = [kept_count(w, opts.amount * step / opts.steps) for w in widths]
+        for step, share in enumerate(shares, start=1):
+            kept = [kept_count(w, share) for w in widths]
             model, config = shrink(model, kept)
             recalibrated = recalibrate_norms(model, ctx.task, ctx.splits["train"], opts.recalibrate)
             if opts.finetune is not None:
-                _finetune(model, ctx, opts.finetune, _finetune_folder(step, opts.steps), None)
+                _finetune(model, ctx, opts.finetune, _finetune_folder(step, opts.steps), None, teacher)
         spec = {"family": family, "config": config}
         notes.append(f"{family} widths {widths} -> {kept}")
         if recalibrated:
@@ -429,6 +481,14 @@ def apply(ctx, options: dict) -> StageOutput:
     notes.append(f"parameters {params_before} -> {params_after}")
     if opts.finetune is None:
         notes.append("not fine-tuned (no finetune option)")
+    else:
+        ft = opts.finetune
+        notes.append(
+            f"fine-tuned {ft.epochs} epoch(s) per step"
+            + (f", schedule {ft.schedule.name} (warm-up {ft.schedule.warmup_steps})" if ft.schedule else "")
+            + (f", distilled from the unpruned model (T {ft.distill.temperature:g}, alpha "
+               f"{ft.distill.alpha:g})" if ft.distill else "")
+        )  # fmt: skip
     return StageOutput(model=model, spec=spec, tensors=None, notes=notes)
 
 
