@@ -18,6 +18,8 @@
   prompts from the test plays each variant decodes greedily, and agreement is the fraction of the 64
   new positions whose token equals fp32's (free-running: after a first difference the rest usually
   differs too), plus the teacher-forced next-token argmax agreement over the same text.
+- ``agreement_run``: the same measures on a model a shipped recipe trained (``--run RUN``, e.g. a
+  ``recipes/shakespeare-char-gpt.yaml`` run), on 64 prompts from the held-out test plays.
 - ``speculative``: that trained model as the target, drafted by (a) a 1 x 128 GPT trained on the same
   data for the same steps and (b) its own int8 copy; acceptance rate, tokens per target pass and the
   paired speed-up over ``greedy_generate`` of the target alone (outputs checked identical).
@@ -264,19 +266,56 @@ def trained_pair(steps: int) -> dict:
 
 def section_agreement(reps: int, gb_s: float, steps: int, new: int = 64) -> dict:
     t = trained_pair(steps)
-    fp32 = t["target"]
+    as_text = lambda ids: bytes(ids).decode("utf-8", "replace")  # noqa: E731
+    return {**t["info"], **agreement(t["target"], t["prompts"], t["texts"], new, as_text)}
+
+
+def section_agreement_run(run: str, new: int = 64, prompts: int = 64) -> dict:
+    """Agreement on a model trained by a shipped recipe (``--run``: a finished causal_lm run on
+    Shakespeare, e.g. ``recipes/shakespeare-char-gpt.yaml``): prompts from the built-in test plays,
+    which that recipe holds out, tokenized by the run's own tokenizer."""
+    from bigmodel.data.builtin import read_builtin
+    from bigmodel.pipeline import open_run
+
+    model, task, info = open_run(run)
+    context = model.config.max_positions
+    new = min(new, context - 32)  # a context-64 model: 32 prompt tokens, 32 new
+    text = "\n".join(r["text"] for r in read_builtin("shakespeare")["test"])[:400_000]
+    ids = torch.tensor(task.tokenizer.encode_one(text, truncation=False, add_special_tokens=False).ids)
+    g = torch.Generator().manual_seed(2)
+    starts = torch.randint(0, len(ids) - 200, (prompts,), generator=g).tolist()
+    eval_loss = json.loads((Path(run) / "eval.json").read_text())["test"]["loss"]
+    return {
+        "run": str(run),
+        "model": f"{type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters",
+        "run_test_loss_nats": round(eval_loss, 4),
+        "held_out": f"{prompts} prompts of 32 tokens from the built-in test plays",
+        **agreement(
+            model.eval(),
+            [ids[s : s + 32][None] for s in starts],
+            torch.stack([ids[s : s + context] for s in starts]),
+            new,
+            lambda ids: task.tokenizer.decode(list(ids)),
+        ),
+    }
+
+
+def agreement(fp32: nn.Module, prompts: list, texts: torch.Tensor, new: int, decode) -> dict:
+    """How often each reduced-precision variant's greedy tokens equal fp32's, free-running from each
+    prompt and teacher-forced over ``texts``."""
     variants = {
         "ours_bf16": copy.deepcopy(fp32).to(torch.bfloat16),
-        "ours_int8": int8_decode(fp32),
+        "ours_int8": int8_decode(copy.deepcopy(fp32)),
         "ours_int8_bf16": int8_decode(copy.deepcopy(fp32).to(torch.bfloat16)),
-        "ours_int4": int4_decode(fp32, group_size=32),
+        "ours_int4": int4_decode(copy.deepcopy(fp32), group_size=32),
     }
     result = {}
+    n = prompts[0].shape[1]
     with torch.inference_mode():
-        ref = [greedy_generate(fp32, p, max_new_tokens=new, stop_tokens=())[:, 32:] for p in t["prompts"]]
-        ref_next = fp32(t["texts"]).argmax(-1)
+        ref = [greedy_generate(fp32, p, max_new_tokens=new, stop_tokens=())[:, n:] for p in prompts]
+        ref_next = fp32(texts).argmax(-1)
         for name, m in variants.items():
-            outs = [greedy_generate(m, p, max_new_tokens=new, stop_tokens=())[:, 32:] for p in t["prompts"]]
+            outs = [greedy_generate(m, p, max_new_tokens=new, stop_tokens=())[:, n:] for p in prompts]
             same = torch.cat([(o == r).float() for o, r in zip(outs, ref, strict=True)], dim=1)
             first = [
                 int((o != r).nonzero()[0, 1]) if bool((o != r).any()) else new
@@ -287,16 +326,15 @@ def section_agreement(reps: int, gb_s: float, steps: int, new: int = 64) -> dict
                 "prompts_identical_to_fp32": sum(f == new for f in first),
                 "first_difference_median": statistics.median(first),
                 "teacher_forced_next_token_agreement": round(
-                    float((m(t["texts"]).argmax(-1) == ref_next).float().mean()), 4
+                    float((m(texts).argmax(-1) == ref_next).float().mean()), 4
                 ),
             }
-    samples = [bytes(r[0].tolist()).decode("utf-8", "replace") for r in ref[:3]]
+    samples = [decode(r[0].tolist()) for r in ref[:3]]
     distinct = len(set(torch.cat(ref, dim=1)[0].tolist()))
     return {
-        **t["info"],
         "decoding": f"greedy, {new} new tokens per prompt",
         "fp32_greedy_samples": samples,  # what the model produces: judge how much it learned
-        "fp32_distinct_bytes_generated": distinct,
+        "fp32_distinct_tokens_generated": distinct,
         "variants": result,
     }
 
@@ -342,7 +380,7 @@ def section_speculative(reps: int, gb_s: float, steps: int, new: int = 64) -> di
     }
 
 
-SECTIONS = ("gpt2", "gpt2_batch8", "agreement", "speculative")
+SECTIONS = ("gpt2", "gpt2_batch8", "agreement", "agreement_run", "speculative")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -353,7 +391,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--train-steps", type=int, default=300, help="AdamW steps for the small trained models"
     )
+    parser.add_argument("--run", help="agreement_run: a finished causal_lm run trained on Shakespeare")
     args = parser.parse_args(argv)
+    if "agreement_run" in args.sections and not args.run:
+        parser.error("--sections agreement_run needs --run RUN (a recipes/shakespeare-char-gpt.yaml run)")
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     started = time.time()
@@ -370,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
             result[name] = section_gpt2(max(2, args.reps // 2), gb_s, batch=8)
         elif name == "agreement":
             result[name] = section_agreement(args.reps, gb_s, args.train_steps)
+        elif name == "agreement_run":
+            result[name] = section_agreement_run(args.run)
         else:
             result[name] = section_speculative(args.reps, gb_s, args.train_steps)
         print(json.dumps({name: result[name]}), file=sys.stderr, flush=True)  # progress
