@@ -252,7 +252,13 @@ def compress(
 
 @app.command()
 def serve(
-    run: Annotated[str, typer.Argument(help="A run directory (or a pretrained image classifier's name).")],
+    run: Annotated[
+        str,
+        typer.Argument(
+            help="A run directory, an export folder (bigmodel export, onnx or torch-export: served without "
+            "the model's code) or a pretrained image classifier's name."
+        ),
+    ],
     host: Annotated[str, typer.Option(help="Address to listen on; loopback unless told.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Examples per forward pass at most (1: no batching).")] = 32,
@@ -267,17 +273,22 @@ def serve(
 ):
     """Serve a trained run over HTTP: POST /v1/predict (micro-batched), /v1/generate (streamed), GET
     /v1/model, /healthz, /readyz, /metrics, and a web page at / to try the model."""
+    from bigmodel.export.runtime import is_export_folder
     from bigmodel.pipeline import load
-    from bigmodel.serve import ServeSettings, build_card, load_api_keys
+    from bigmodel.serve import Predictor, ServeSettings, build_card, load_api_keys
     from bigmodel.serve import serve as run_server
 
     settings = ServeSettings(
         host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
         timeout_s=timeout_s, max_body_bytes=int(max_body_mb * 2**20), api_keys=load_api_keys(api_key_file),
     )  # fmt: skip
-    predictor = load(run)
-    run_dir = Path(run) if Path(run).is_dir() else None
-    run_server(predictor, build_card(run_dir, predictor.model), settings)
+    if is_export_folder(run):  # the graph in ONNX Runtime or a loaded program; its card has no metrics
+        predictor = Predictor.from_export(run)
+        card = {**build_card(None), "run": Path(run).name}
+    else:
+        predictor = load(run)
+        card = build_card(Path(run) if Path(run).is_dir() else None, predictor.model)
+    run_server(predictor, card, settings)
 
 
 @app.command()
