@@ -27,6 +27,9 @@ import torch
 
 from bigmodel.errors import DataError
 
+# The floor of ``log: ln`` features (HiFi-GAN's ``dynamic_range_compression`` clamp).
+LN_FLOOR = 1e-5
+
 # Slaney's mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above (27 steps per 6.4x).
 _SLANEY_STEP_HZ = 200.0 / 3.0
 _SLANEY_BREAK_HZ = 1000.0
@@ -50,6 +53,14 @@ class FeatureSpec:
         power: 2 for power, 1 for magnitude.
         top_db: floor of the dB values below each clip's maximum (None: no floor).
         n_mfcc: cepstral coefficients kept (``kind: mfcc``).
+        log: ``db`` (``10 log10``, floored at ``top_db``; librosa's ``power_to_db``) or ``ln`` (the natural
+            log of the mel clamped at ``LN_FLOOR`` = 1e-5, what HiFi-GAN-style vocoders take; ``top_db``
+            must be null).
+        framing: ``center`` (librosa: frame ``t`` centred on sample ``t * hop``, zero padding,
+            ``1 + T // hop`` frames) or ``hop`` (HiFi-GAN's: the clip reflect-padded by
+            ``(n_fft - hop) / 2`` each side and not centred, so frame ``t`` is centred on the hop block
+            ``[t * hop, (t + 1) * hop)`` and a vocoder's ``frames * hop`` samples line up with the clip;
+            ``max(1, T // hop)`` frames).
     """
 
     sample_rate: int = 16000
@@ -65,6 +76,8 @@ class FeatureSpec:
     power: float = 2.0
     top_db: float | None = 80.0
     n_mfcc: int = 13
+    log: Literal["db", "ln"] = "db"
+    framing: Literal["center", "hop"] = "center"
 
     def __post_init__(self):
         win = self.win_length or self.n_fft
@@ -85,6 +98,10 @@ class FeatureSpec:
             (self.top_db is not None and self.top_db <= 0, f"top_db must be positive, got {self.top_db}"),
             (self.kind == "mfcc" and not 1 <= self.n_mfcc <= self.n_mels,
              f"n_mfcc must be in [1, n_mels={self.n_mels}], got {self.n_mfcc}"),
+            (self.log not in ("db", "ln"), f"log must be db or ln, got {self.log!r}"),
+            (self.log == "ln" and self.top_db is not None,
+             f"top_db is a floor in dB (log: db); with log: ln it must be null, got {self.top_db}"),
+            (self.framing not in ("center", "hop"), f"framing must be center or hop, got {self.framing!r}"),
         ]  # fmt: skip
         bad = [message for failed, message in problems if failed]
         if bad:
@@ -96,7 +113,9 @@ class FeatureSpec:
         return self.n_mfcc if self.kind == "mfcc" else self.n_mels
 
     def frames(self, samples: int) -> int:
-        """Frames of a clip of ``samples`` samples (centred frames)."""
+        """Frames of a clip of ``samples`` samples."""
+        if self.framing == "hop":
+            return max(1, samples // self.hop_length)
         return 1 + samples // self.hop_length
 
     def to_dict(self) -> dict:
@@ -175,9 +194,35 @@ def mel_filterbank(
     return torch.tensor(weights, dtype=dtype)
 
 
+def hop_framed_stft(
+    wave: torch.Tensor, n_fft: int, hop_length: int, win_length: int | None = None
+) -> torch.Tensor:
+    """Complex STFT ``(..., n_fft // 2 + 1, max(1, T // hop))`` in ``framing: hop``: ``wave`` ``(..., T)``
+    reflect-padded by ``(n_fft - hop) // 2`` each side (zeros where the clip is too short to reflect),
+    frames not centred — frame ``t`` is centred on samples ``[t * hop, (t + 1) * hop)``."""
+    win = win_length or n_fft
+    lead, samples = wave.shape[:-1], wave.shape[-1]
+    flat = wave.reshape(-1, 1, samples)
+    if samples < hop_length:  # one frame at least: a clip shorter than a hop is zero-padded to one
+        flat = torch.nn.functional.pad(flat, (0, hop_length - samples))
+    left = (n_fft - hop_length) // 2
+    right = n_fft - hop_length - left
+    mode = "reflect" if flat.shape[-1] > max(left, right) else "constant"
+    padded = torch.nn.functional.pad(flat, (left, right), mode=mode)[:, 0]
+    window = torch.hann_window(win, periodic=True, dtype=wave.dtype, device=wave.device)
+    spec = torch.stft(padded, n_fft, hop_length, win, window, center=False, return_complex=True)
+    return spec.reshape(*lead, *spec.shape[-2:])
+
+
+def spectrogram(wave: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """The complex STFT ``(..., n_fft // 2 + 1, spec.frames(T))`` in the spec's framing."""
+    framed = hop_framed_stft if spec.framing == "hop" else stft
+    return framed(wave, spec.n_fft, spec.hop_length, spec.win_length)
+
+
 def mel_spectrogram(wave: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
     """``(..., n_mels, frames)``: the mel filterbank applied to ``|STFT| ** power``."""
-    magnitude = stft(wave, spec.n_fft, spec.hop_length, spec.win_length).abs()
+    magnitude = spectrogram(wave, spec).abs()
     power = magnitude**2 if spec.power == 2.0 else magnitude**spec.power
     basis = mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax, spec.mel_scale,
                            spec.mel_norm, dtype=power.dtype).to(power.device)  # fmt: skip
@@ -209,13 +254,20 @@ def dct_matrix(n_out: int, n_in: int, dtype: torch.dtype = torch.float32) -> tor
     return torch.tensor(_dct_matrix(int(n_out), int(n_in)), dtype=dtype)
 
 
+def log_compress(mel: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """A mel spectrogram in the spec's log units: dB (``power_to_db``) or ``ln(max(mel, LN_FLOOR))``."""
+    if spec.log == "ln":
+        return torch.log(mel.clamp_min(LN_FLOOR))
+    return power_to_db(mel, top_db=spec.top_db)
+
+
 def log_mel(wave: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
-    """Log-mel spectrogram in dB ``(..., n_mels, frames)``."""
-    return power_to_db(mel_spectrogram(wave, spec), top_db=spec.top_db)
+    """Log-mel spectrogram ``(..., n_mels, frames)`` in the spec's log units (dB by default)."""
+    return log_compress(mel_spectrogram(wave, spec), spec)
 
 
 def mfcc(wave: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
-    """MFCCs ``(..., n_mfcc, frames)``: the orthonormal DCT-II of the log-mel (dB) over mel bands."""
+    """MFCCs ``(..., n_mfcc, frames)``: the orthonormal DCT-II of the log-mel (dB or ln) over mel bands."""
     db = log_mel(wave, spec)
     return torch.matmul(dct_matrix(spec.n_mfcc, spec.n_mels, dtype=db.dtype).to(db.device), db)
 
