@@ -35,6 +35,7 @@ from bigmodel.export.program import (
     batch_axes,
     capture,
     check_inputs,
+    describe_graph,
     family_of,
     max_difference,
     output_names,
@@ -47,6 +48,7 @@ from bigmodel.export.program import (
 from bigmodel.nn.attention import KVCache
 
 DECODER_FORMAT = 1  # decoder.json's format
+METADATA_KEY = "bigmodel"  # the ONNX metadata entry that describes the graph (describe_graph)
 
 
 def _require(module: str):
@@ -63,6 +65,7 @@ def export_onnx(
     example_inputs: Mapping[str, torch.Tensor],
     path: str | Path,
     dynamic: Mapping[str, Mapping[int, str]] | None = None,
+    trained: nn.Module | None = None,
 ) -> Path:
     """Write ``model(*example_inputs.values())`` as an ONNX file.
 
@@ -72,6 +75,11 @@ def export_onnx(
         path: the ``.onnx`` file (weights inline; in a ``.data`` file beside it above 2 GB).
         dynamic: input name -> {axis: name} of the axes that may vary (None: axis 0 of every input,
             ``batch``). The ONNX inputs carry these names as symbolic dimensions.
+        trained: the task's model, when ``model`` is it or wraps it (see ``trained`` of
+            :func:`bigmodel.export.program.export_program`).
+
+    The file's ``bigmodel`` metadata entry holds :func:`~bigmodel.export.program.describe_graph` as
+    JSON (``export/runtime.py`` reads it to serve the graph in the model's place).
 
     Returns:
         ``path``. Graph outputs are named as :func:`bigmodel.export.program.output_names` says
@@ -81,6 +89,7 @@ def export_onnx(
     inputs = check_inputs(example_inputs)
     dynamic = batch_axes(inputs) if dynamic is None else dynamic
     program = capture(model, inputs, dynamic)
+    described = describe_graph(program, list(inputs), model, trained)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -96,6 +105,7 @@ def export_onnx(
                 optimize=True,
                 verbose=False,
             )
+            onnx_program.model.metadata_props[METADATA_KEY] = json.dumps(described)
             onnx_program.save(path, external_data=None)  # inline below 2 GB, a .data file above
     except Exception as exc:  # the converter's refusals are its own exception types
         raise UserError(
@@ -163,7 +173,7 @@ def export_task_onnx(
     """
     folder = Path(folder)
     module, inputs, dynamic = task_signature(task, model, batch)
-    paths = {"model": export_onnx(module, inputs, folder / "model.onnx", dynamic)}
+    paths = {"model": export_onnx(module, inputs, folder / "model.onnx", dynamic, trained=model)}
     check = inputs if check_batch is None else task_signature(task, model, check_batch)[1]
     verify_onnx(paths["model"], module, check)
     if hasattr(model, "new_cache"):

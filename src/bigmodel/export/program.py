@@ -264,6 +264,97 @@ def _name(path: tuple) -> str:
     return "_".join(parts) if named else "output_" + "_".join(parts)
 
 
+def describe_outputs(spec: pytree.TreeSpec) -> Any:
+    """The structure of a graph's outputs as JSON (what :func:`rebuild_outputs` reads back): ``"tensor"``,
+    ``{"tuple": [...]}``, ``{"list": [...]}``, ``{"dict": {key: ...}}`` or ``{"namedtuple":
+    "module:Name", "items": [...]}``. Kept beside a graph so that whoever runs it hands its flat
+    outputs back in the shape the model returned them (a task's ``CTCOutputs``, a dict of heads)."""
+    if spec.is_leaf():
+        return "tensor"
+    children = [describe_outputs(child) for child in spec.children()]
+    if spec.type is tuple:
+        return {"tuple": children}
+    if spec.type is list:
+        return {"list": children}
+    if spec.type is dict:
+        if not all(isinstance(key, str) for key in spec.context):
+            raise UserError(f"export: output dict keys must be strings, got {spec.context!r}.")
+        return {"dict": dict(zip(spec.context, children, strict=True))}
+    kind = spec.context if isinstance(spec.context, type) else spec.type
+    if isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields"):
+        return {"namedtuple": f"{kind.__module__}:{kind.__qualname__}", "items": children}
+    raise UserError(
+        f"export: the model returns a {getattr(kind, '__name__', kind)} among its outputs; an exported "
+        "graph returns a tensor, a tuple, a named tuple or a dict of them."
+    )
+
+
+def rebuild_outputs(structure: Any, flat: list, where: str = "graph") -> Any:
+    """The flat output tensors of a graph, in graph order, nested as ``structure``
+    (:func:`describe_outputs`) says.
+
+    Raises:
+        UserError: the structure is damaged, names a type that cannot be imported, or does not hold
+            as many tensors as the graph returned (``where`` names the file).
+    """
+    leaves = iter(flat)
+
+    def build(node):
+        if node == "tensor":
+            return next(leaves)
+        if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("tuple"), list):
+            return tuple(build(n) for n in node["tuple"])
+        if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("list"), list):
+            return [build(n) for n in node["list"]]
+        if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("dict"), dict):
+            return {k: build(n) for k, n in node["dict"].items()}
+        if (
+            isinstance(node, dict)
+            and isinstance(node.get("namedtuple"), str)
+            and isinstance(node.get("items"), list)
+        ):
+            return _named_tuple(node["namedtuple"], where)(*(build(n) for n in node["items"]))
+        raise UserError(f"{where}: damaged output structure {node!r}; export the run again.")
+
+    try:
+        rebuilt = build(structure)
+    except StopIteration:
+        rebuilt = None
+    if rebuilt is None or next(leaves, None) is not None:
+        raise UserError(f"{where}: the graph returns {len(flat)} outputs, its description another number.")
+    return rebuilt
+
+
+def _named_tuple(spec: str, where: str) -> type:
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        kind = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise UserError(f"{where}: its outputs are a {spec}, which cannot be imported here.") from None
+    if not (isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields")):
+        raise UserError(f"{where}: its outputs name {spec}, which is not a named tuple.")
+    return kind
+
+
+def describe_graph(program: ExportedProgram, inputs: list[str], module: nn.Module, model=None) -> dict:
+    """What a saved graph carries about itself (``bigmodel.json`` in a program, the ``bigmodel`` metadata
+    entry of an ONNX file): input and output names, the outputs' structure, and, when ``model`` is the
+    task's trained model, what serving the graph in its place needs to know — whether the graph is the
+    model's own forward (``module is model``; else a wrapper the task does not call), whether the model
+    decodes with a KV cache (its ``decoder/`` graphs, not this one, generate), and the names of the
+    model's parts (children, ``config``) a task might read outside the graph (a CRF)."""
+    described = {"format": PROGRAM_FORMAT, "inputs": list(inputs), "outputs": output_names(program),
+                 "structure": describe_outputs(program.call_spec.out_spec)}  # fmt: skip
+    if model is not None:
+        parts = [name for name, _ in model.named_children()]
+        parts += [name for name in ("config",) if hasattr(model, name)]
+        described |= {"is_model": module is model, "generates": hasattr(model, "new_cache"),
+                      "model_parts": sorted(set(parts))}  # fmt: skip
+    return described
+
+
 def flat_outputs(outputs: Any) -> list[torch.Tensor]:
     """The output tensors in graph order; anything but tensors (a module, None) is refused."""
     leaves = pytree.tree_leaves(outputs)
@@ -315,15 +406,18 @@ def export_program(
     example_inputs: Mapping[str, torch.Tensor],
     path: str | Path,
     dynamic: Mapping[str, Mapping[int, str]] | None = None,
+    trained: nn.Module | None = None,
 ) -> Path:
     """Capture ``model(*example_inputs.values())`` and save it with ``torch.export.save`` (a ``.pt2``
-    archive holding the graph, its weights and, as ``bigmodel.json``, the input and output names).
+    archive holding the graph, its weights and, as ``bigmodel.json``, :func:`describe_graph`: input and
+    output names, the outputs' structure; ``trained``: the task's model, when ``model`` is it or wraps
+    it, so that the description says whether the graph can stand in for it).
 
     Returns:
         ``path``; :func:`load_program` runs it without the model's code.
     """
     program = capture(model, example_inputs, dynamic)
-    names = {"format": PROGRAM_FORMAT, "inputs": list(example_inputs), "outputs": output_names(program)}
+    names = describe_graph(program, list(example_inputs), model, trained)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with quiet():
@@ -334,7 +428,7 @@ def export_program(
 def export_task_program(task, model: nn.Module, batch: dict, path: str | Path) -> Path:
     """:func:`export_program` of what ``task.export_signature(model, batch)`` names."""
     module, inputs, dynamic = task_signature(task, model, batch)
-    return export_program(module, inputs, path, dynamic)
+    return export_program(module, inputs, path, dynamic, trained=model)
 
 
 class Program:
@@ -343,6 +437,7 @@ class Program:
 
     Attributes:
         inputs, outputs: the names, in graph order.
+        description: what :func:`describe_graph` saved beside the graph.
     """
 
     def __init__(self, path: str | Path):
@@ -352,6 +447,7 @@ class Program:
                 self.program = torch.export.load(Path(path), extra_files=extra)
             names = json.loads(extra["bigmodel.json"])
             self.inputs, self.outputs = list(names["inputs"]), list(names["outputs"])
+            self.description = names
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
             raise UserError(f"{path}: not a program written by export_program ({exc}).") from None
         self.module = self.program.module()

@@ -37,6 +37,20 @@ class Predictor:
         self.task = task
         self.batch_size = batch_size
 
+    @classmethod
+    def from_export(cls, folder, batch_size: int = 64) -> Predictor:
+        """Predict with an export folder (``bigmodel export RUN --format onnx|torch-export``) instead of
+        a run: the task comes from its task.json, the model's forward is the exported graph run by
+        ONNX Runtime or the loaded program (``bigmodel.export.runtime``); no model code is needed.
+
+        Raises:
+            UserError: naming the file that is missing or damaged, or why the graph cannot be served.
+        """
+        from bigmodel.export.runtime import open_export
+
+        model, task, _ = open_export(folder)
+        return cls(model, task, batch_size)
+
     @property
     def device(self) -> torch.device:
         return next(iter(self.model.parameters()), torch.empty(0)).device
