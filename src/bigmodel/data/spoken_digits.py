@@ -122,18 +122,29 @@ def read_spoken_words(
         DataError: espeak-ng is missing (naming ``apt-get install espeak-ng``), a voice is unknown to it,
             it fails or hangs on a clip (naming the command), or the cache folder cannot be written.
     """
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        raise DataError(
-            f"data.source 'builtin:{spec.name}' is generated with the speech synthesiser espeak-ng, which is "
-            f"not installed (no espeak-ng on PATH): {ESPEAK_INSTALL}."
-        )
-    version, data_dir = _espeak_version(espeak)
+    espeak, version, data_dir = find_espeak(spec.name)
     key = _cache_key(spec, version)
     folder = Path(cache or cache_root()).expanduser() / spec.name / key[:16]
     if not (folder / "clips.json").is_file():
-        _generate(spec, espeak, data_dir, folder, key, version, progress)
-    return _read_cached(spec, folder)
+        check_variants(spec.name, {v for vs in spec.voices.values() for v in vs}, data_dir)
+        generate_clips(spec.name, _clips(spec), espeak, folder, key, version, GENERATOR_VERSION, progress)
+    columns = ("audio", "label", "word", "voice", "accent", "variant", "speed", "pitch")
+    return read_clips(spec.name, folder, columns)
+
+
+def find_espeak(name: str) -> tuple[str, str, Path | None]:
+    """espeak-ng's path, version line and voice data folder, for the generated set ``builtin:NAME``.
+
+    Raises:
+        DataError: espeak-ng is not on PATH (naming ``apt-get install espeak-ng``) or does not run.
+    """
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise DataError(
+            f"data.source 'builtin:{name}' is generated with the speech synthesiser espeak-ng, which is "
+            f"not installed (no espeak-ng on PATH): {ESPEAK_INSTALL}."
+        )
+    return (espeak, *_espeak_version(espeak))
 
 
 def _espeak_version(espeak: str) -> tuple[str, Path | None]:
@@ -166,43 +177,45 @@ def _clips(spec: SpokenWords) -> list[dict]:
     ]  # fmt: skip
 
 
-def _check_voices(spec: SpokenWords, data_dir: Path | None) -> None:
-    """espeak-ng silently falls back to its default voice for an unknown variant: refuse it here."""
+def check_variants(name: str, variants: set[str], data_dir: Path | None) -> None:
+    """espeak-ng silently falls back to its default voice for an unknown variant: refuse it here
+    (an empty variant is the accent's own voice)."""
     if data_dir is None or not (data_dir / "voices" / "!v").is_dir():
         return  # an unusual install: trust it
-    missing = sorted(
-        {v for vs in spec.voices.values() for v in vs if not (data_dir / "voices" / "!v" / v).is_file()}
-    )
+    missing = sorted(v for v in variants if v and not (data_dir / "voices" / "!v" / v).is_file())
     if missing:
         raise DataError(
-            f"builtin:{spec.name}: espeak-ng has no voice variant {', '.join(missing)} (looked in "
+            f"builtin:{name}: espeak-ng has no voice variant {', '.join(missing)} (looked in "
             f"{data_dir / 'voices' / '!v'}); this set needs espeak-ng 1.51's variants: {ESPEAK_INSTALL}."
         )
 
 
-def _generate(spec: SpokenWords, espeak: str, data_dir: Path | None, folder: Path, key: str, version: str,
-              progress: bool) -> None:  # fmt: skip
-    _check_voices(spec, data_dir)
-    clips = _clips(spec)
+def voice_name(clip: dict) -> str:
+    """espeak-ng's ``-v`` value: ``accent+variant``, or the accent alone for its own voice."""
+    return f"{clip['accent']}+{clip['variant']}" if clip["variant"] else clip["accent"]
+
+
+def generate_clips(name: str, clips: list[dict], espeak: str, folder: Path, key: str, version: str,
+                   generator: int, progress: bool) -> None:  # fmt: skip
+    """Synthesise every clip (``file``, ``accent``, ``variant``, ``speed``, ``pitch`` and the text in
+    ``text`` or ``word``) into a temporary folder renamed to ``folder`` when complete, with
+    ``clips.json`` recording each clip's SHA-256 and size."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     except OSError as exc:
-        raise DataError(
-            f"builtin:{spec.name}: cannot write the cache folder '{folder.parent}' ({exc})."
-        ) from None
+        raise DataError(f"builtin:{name}: cannot write the cache folder '{folder.parent}' ({exc}).") from None
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else (lambda text: None)
-    say(f"builtin:{spec.name}: generating {len(clips):,} clips with {version} into {folder} (once)")
+    say(f"builtin:{name}: generating {len(clips):,} clips with {version} into {folder} (once)")
     start, done, step = time.monotonic(), 0, max(1, len(clips) // 10)
     try:
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for clip, digest, size in pool.map(lambda c: _synthesise(espeak, c, work, spec.name), clips):
+            for clip, digest, size in pool.map(lambda c: _synthesise(espeak, c, work, name), clips):
                 clip["sha256"], clip["bytes"] = digest, size
                 done += 1
                 if done % step == 0 or done == len(clips):
                     say(f"  {done:,}/{len(clips):,} clips ({time.monotonic() - start:.0f} s)")
-        manifest = {"name": spec.name, "key": key, "espeak": version, "generator": GENERATOR_VERSION,
-                    "clips": clips}  # fmt: skip
+        manifest = {"name": name, "key": key, "espeak": version, "generator": generator, "clips": clips}
         (work / "clips.json").write_text(json.dumps(manifest, indent=0))
         try:
             work.rename(folder)
@@ -210,7 +223,7 @@ def _generate(spec: SpokenWords, espeak: str, data_dir: Path | None, folder: Pat
             if not (folder / "clips.json").is_file():
                 raise
     except OSError as exc:
-        raise DataError(f"builtin:{spec.name}: cannot write the cache folder '{folder}' ({exc}).") from None
+        raise DataError(f"builtin:{name}: cannot write the cache folder '{folder}' ({exc}).") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -219,8 +232,8 @@ def _synthesise(espeak: str, clip: dict, work: Path, name: str) -> tuple[dict, s
     path = work / clip["file"]
     path.parent.mkdir(parents=True, exist_ok=True)
     # -z: no sentence pause after the word, so a clip ends when the word does
-    command = [espeak, "-z", "-v", f"{clip['accent']}+{clip['variant']}", "-s", str(clip["speed"]), "-p",
-               str(clip["pitch"]), "-w", str(path), clip["word"]]  # fmt: skip
+    command = [espeak, "-z", "-v", voice_name(clip), "-s", str(clip["speed"]), "-p", str(clip["pitch"]), "-w",
+               str(path), clip["text"] if "text" in clip else clip["word"]]  # fmt: skip
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=ESPEAK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -236,15 +249,14 @@ def _synthesise(espeak: str, clip: dict, work: Path, name: str) -> tuple[dict, s
     return clip, hashlib.sha256(data).hexdigest(), len(data)
 
 
-def _read_cached(spec: SpokenWords, folder: Path) -> dict[str, ColumnRecords]:
+def read_clips(name: str, folder: Path, columns: tuple[str, ...]) -> dict[str, ColumnRecords]:
+    """A generated folder's clips as ``{split: records}`` with ``columns`` (``audio`` = the WAV's path,
+    ``voice`` = :func:`voice_name`, the rest from ``clips.json``); every file checked by size."""
     text = (folder / "clips.json").read_text()
     try:
         clips = json.loads(text)["clips"]
     except (ValueError, KeyError):
-        raise DataError(
-            f"builtin:{spec.name}: '{folder / 'clips.json'}' is damaged; delete '{folder}'."
-        ) from None
-    columns = ("audio", "label", "word", "voice", "accent", "variant", "speed", "pitch")
+        raise DataError(f"builtin:{name}: '{folder / 'clips.json'}' is damaged; delete '{folder}'.") from None
     splits: dict[str, dict[str, list]] = {}
     for clip in clips:
         path = folder / clip["file"]
@@ -254,12 +266,12 @@ def _read_cached(spec: SpokenWords, folder: Path) -> dict[str, ColumnRecords]:
             size = -1
         if size != clip["bytes"]:
             raise DataError(
-                f"builtin:{spec.name}: the cached clip '{path}' is missing or changed; delete '{folder}' to "
+                f"builtin:{name}: the cached clip '{path}' is missing or changed; delete '{folder}' to "
                 "generate the set again."
             )
-        row = {**clip, "audio": str(path), "voice": f"{clip['accent']}+{clip['variant']}"}
+        row = {**clip, "audio": str(path), "voice": voice_name(clip)}
         split = splits.setdefault(clip["split"], {c: [] for c in columns})
         for c in columns:
             split[c].append(row[c])
     fingerprint = hashlib.sha256(text.encode()).hexdigest()
-    return {split: ColumnRecords(cols, f"builtin:{spec.name}", fingerprint) for split, cols in splits.items()}
+    return {split: ColumnRecords(cols, f"builtin:{name}", fingerprint) for split, cols in splits.items()}
