@@ -191,15 +191,63 @@ def bench_bert_inference(layers, width, heads, seq, batch, reps) -> dict:
     }
 
 
+def bench_llama_vs_gpt(reps: int, quick: bool) -> dict:
+    """Training steps of the two shipped Shakespeare recipes' models (shakespeare-char-gpt,
+    llama-tiny-shakespeare: same width and depth), paired, same batch: what llama's rotary positions,
+    SwiGLU and grouped-query attention cost at this size."""
+    from bigmodel.models.registry import create_model
+
+    size = (
+        dict(embed_dim=32, num_heads=4, num_layers=2)
+        if quick
+        else dict(embed_dim=128, num_heads=4, num_layers=4)
+    )
+    torch.manual_seed(0)
+    models = {
+        "gpt": create_model("gpt", vocab_size=65, max_positions=64, dropout=0.0, attn_dropout=0.0, **size),
+        "llama": create_model(
+            "llama",
+            vocab_size=65,
+            max_positions=64,
+            num_kv_heads=2,
+            tie_embeddings=True,
+            ffn_dim=86 if quick else 344,
+            dropout=0.0,
+            **size,
+        ),  # fmt: skip
+    }
+    x = torch.randint(0, 65, (24, 64))
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
+
+    def step(name):
+        def run():
+            loss = torch.nn.functional.cross_entropy(
+                models[name](x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()
+            )
+            optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[name].step()
+
+        return run
+
+    times = paired({name: step(name) for name in models}, reps)
+    return {
+        "config": {**size, "batch": 24, "seq": 63, "llama": "2 key/value heads, SwiGLU 344, rotary, tied"},
+        "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()},
+        **summary(times, "gpt", 24 * 63, "tokens"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
-    sections = ("gpt", "gpt_bf16", "bert")
+    sections = ("gpt", "gpt_bf16", "bert", "llama_vs_gpt")
     parser.add_argument("--only", choices=sections, nargs="+", default=sections)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     keep_freed_memory()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     peak = matmul_peak()
     peak_bf16 = matmul_peak(dtype=torch.bfloat16)
     # The peak is probed again at the end and the higher figure kept: a probe that met a busy
@@ -243,6 +291,8 @@ def main() -> None:
         "gpt_training_bf16": gpt_bf16_results,
         "bert_inference": bert_results,
     }
+    if "llama_vs_gpt" in args.only:
+        report["llama_vs_gpt_training"] = bench_llama_vs_gpt(args.reps, args.quick)
     print(json.dumps(report, indent=2))
 
 
