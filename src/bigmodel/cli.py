@@ -139,12 +139,14 @@ def predict(
     images: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
-            "--images", help="Folder for the images a prediction holds (masks, drawn boxes, samples)."
+            "--images",
+            help="Folder for the images and audio a prediction holds (masks, drawn boxes, samples, speech).",
         ),
     ] = None,
 ):
-    """Predict every row of a file (or every image given); prints one JSON object per example. Images a
-    prediction holds are written as PNG files (default folder: ./predictions) and named in the JSON."""
+    """Predict every row of a file (or every image given, or texts for text-to-speech); prints one JSON
+    object per example. Images a prediction holds are written as PNG files, speech as WAV files (default
+    folder: ./predictions), and named in the JSON."""
     from bigmodel.pipeline import load
 
     predictor = load(run)
@@ -162,17 +164,25 @@ def predict(
 
 
 def _save_images(predictions: list[dict], folder: Path) -> list[dict]:
-    """Replace every PIL image in the predictions by the path of the PNG it is saved as."""
+    """Replace every PIL image in the predictions by the path of the PNG it is saved as, and every
+    :class:`~bigmodel.data.audio.Waveform` (text-to-speech) by the path of its WAV file."""
     from PIL import Image
 
-    written = []
+    from bigmodel.data.audio import Waveform
+
+    written = {"images": 0, "audio files": 0}
 
     def save(value, name: str):
-        if isinstance(value, Image.Image):
+        if isinstance(value, (Image.Image, Waveform)):
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{name}.png"
-            value.save(path)
-            written.append(path)
+            if isinstance(value, Waveform):
+                path = folder / f"{name}.wav"
+                path.write_bytes(value.wav_bytes())
+                written["audio files"] += 1
+            else:
+                path = folder / f"{name}.png"
+                value.save(path)
+                written["images"] += 1
             return str(path)
         if isinstance(value, dict):
             return {k: save(v, f"{name}-{k}") for k, v in value.items()}
@@ -181,8 +191,9 @@ def _save_images(predictions: list[dict], folder: Path) -> list[dict]:
         return value
 
     saved = [save(row, f"{i + 1}") for i, row in enumerate(predictions)]
-    if written:  # on stderr: stdout carries the JSON lines
-        Console(stderr=True).print(f"{len(written)} images written to {folder}/", highlight=False)
+    for what, count in written.items():
+        if count:  # on stderr: stdout carries the JSON lines
+            Console(stderr=True).print(f"{count} {what} written to {folder}/", highlight=False)
     return saved
 
 

@@ -27,6 +27,7 @@ import hashlib
 import io
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,26 @@ RESAMPLE_CHUNK = 1 << 15  # output samples gathered at a time (bounds memory on 
 def is_audio_path(value) -> bool:
     """Whether ``value`` names an audio file by its suffix (a ``Path``, or a short one-line ``str``)."""
     return names_file(value, AUDIO_SUFFIXES)
+
+
+@dataclass(frozen=True, eq=False)
+class Waveform:
+    """Audio a prediction holds (text-to-speech): mono float samples ``(T,)`` in [-1, 1] at
+    ``sample_rate`` Hz. ``bigmodel predict`` writes it as a WAV file, the server as a base64 WAV."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    def wav_bytes(self) -> bytes:
+        """A 16-bit PCM mono WAV file of the samples (clipped to [-1, 1])."""
+        buffer = io.BytesIO()
+        clipped = np.clip(np.asarray(self.samples, dtype=np.float32), -1.0, 1.0)
+        _soundfile().write(buffer, clipped, self.sample_rate, format="WAV", subtype="PCM_16")
+        return buffer.getvalue()
 
 
 # --- one clip ---------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ FAMILY_MODULES: dict[str, str] = {
     "efficientnet": "efficientnet",
     "mobilenet_v2": "mobilenet_v2",
     "diffusion_unet": "diffusion_unet",
+    "fastspeech": "fastspeech",
 }
 
 

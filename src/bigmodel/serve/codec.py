@@ -14,7 +14,8 @@ library; numbers must be finite). A record that fails is refused with a message 
 schema has ``contentEncoding: base64`` are decoded to ``bytes`` here, so a remote client never hands
 the task a string that could name a file on the server.
 
-Responses: PIL images become ``data:image/png;base64,...`` strings, NumPy values and tensors become
+Responses: PIL images become ``data:image/png;base64,...`` strings, speech (``Waveform``) becomes
+``data:audio/wav;base64,...`` (16-bit PCM WAV), NumPy values and tensors become
 numbers and lists, bytes become base64 text. Everything raised here is an :class:`HTTPError` with
 the status and a one-line message; the app turns it into ``{"error": message}``.
 """
@@ -36,6 +37,8 @@ import numpy as np
 import torch
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import STRONG_MATCHES, WEAK_MATCHES, ValidationError, best_match
+
+from bigmodel.data.audio import Waveform
 
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("multipart/form-data",)
@@ -443,7 +446,8 @@ def _form_value(name: str, text: str, field) -> Any:
 
 
 def to_jsonable(value: Any) -> Any:
-    """A prediction as plain JSON values: images as PNG data URLs, arrays and tensors as lists."""
+    """A prediction as plain JSON values: images as PNG data URLs, speech as WAV data URLs, arrays and
+    tensors as lists."""
     if value is None or isinstance(value, bool | str | int):
         return value
     if isinstance(value, float):
@@ -460,6 +464,8 @@ def to_jsonable(value: Any) -> Any:
         return to_jsonable(value.item())
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Waveform):
+        return "data:audio/wav;base64," + base64.b64encode(value.wav_bytes()).decode("ascii")
     if _is_pil_image(value):
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")

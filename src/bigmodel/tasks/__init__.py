@@ -25,6 +25,7 @@ from bigmodel.tasks.semantic_segmentation import SemanticSegmentationTask
 from bigmodel.tasks.seq2seq import Seq2SeqTask
 from bigmodel.tasks.speech_recognition import SpeechRecognitionTask
 from bigmodel.tasks.text_classification import TextClassificationTask
+from bigmodel.tasks.text_to_speech import TextToSpeechTask
 from bigmodel.tasks.token_classification import TokenClassificationTask
 
 TASKS: dict[str, type[Task]] = {
@@ -44,6 +45,7 @@ TASKS: dict[str, type[Task]] = {
     "object_detection": ObjectDetectionTask,
     "audio_classification": AudioClassificationTask,
     "speech_recognition": SpeechRecognitionTask,
+    "text_to_speech": TextToSpeechTask,
 }
 
 
