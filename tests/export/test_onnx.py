@@ -61,9 +61,8 @@ def family_inputs(model: nn.Module, preset: str, batch: int) -> dict[str, torch.
 
 
 def varies_in_length(preset: str, t: torch.Tensor) -> bool:
-    """Token ids and masks (integer ``(B, T)``) vary in length, except the rnn family's: torch.export
-    fixes the time axis of LSTM/GRU/RNN (see test_recurrent_families_have_a_fixed_length)."""
-    return t.ndim == 2 and not t.is_floating_point() and FAMILY_OF[preset] != "rnn"
+    """Token ids and masks (integer ``(B, T)``) vary in length."""
+    return t.ndim == 2 and not t.is_floating_point()
 
 
 def family_axes(preset: str, inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
@@ -163,30 +162,6 @@ def test_verify_refuses_a_graph_that_computes_something_else(exported):
         model.head.bias[1] += 1e-3  # a change far below what a person would see in the outputs
     with pytest.raises(UserError, match=r"output 'output' differs from the model's by 0.001"):
         verify_onnx(path, model, family_inputs(model, "mlp-tiny", 5))
-
-
-def test_a_padded_rnn_cannot_be_exported_and_the_error_says_where(tmp_path):
-    model = tiny("lstm-tiny")
-    ids = torch.randint(0, 11, (2, 7))
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
-    with pytest.raises(UserError) as info:
-        export_onnx(model, {"x": ids, "mask": mask}, tmp_path / "lstm.onnx")
-    message = str(info.value)
-    # packing a padded batch reads the lengths' values (torch.equal, pack_padded_sequence)
-    assert "the rnn model cannot be exported" in message
-    assert "aten.equal" in message and "bigmodel/models/rnn.py" in message
-    assert not (tmp_path / "lstm.onnx").exists()
-
-
-def test_recurrent_families_have_a_fixed_length(tmp_path):
-    # torch 2.13 specialises the time axis when it decomposes aten.lstm/gru/rnn ("eval Eq(s, 7) in
-    # decompose"): a graph of a recurrent family takes the traced length only.
-    model = tiny("lstm-tiny")
-    with pytest.raises(
-        UserError, match=r"the rnn model cannot be exported.*axis 1 of input 'x'.*constant \(7\)"
-    ):
-        export_onnx(model, {"x": torch.randint(0, 11, (2, 7))}, tmp_path / "m.onnx", {"x": {0: "b", 1: "t"}})
 
 
 def test_an_axis_the_model_fixes_cannot_be_dynamic(tmp_path):

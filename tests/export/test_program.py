@@ -14,6 +14,7 @@ from bigmodel.errors import UserError
 from bigmodel.export.onnx import DecoderOnlyStep
 from bigmodel.export.program import capture, export_program, load_program, verify_program
 from bigmodel.models.registry import build_config, family_names, get_family
+from bigmodel.models.rnn import lengths_from_mask
 
 FAMILY_OF = {preset: name for name in family_names() for preset in get_family(name).tiny_presets}
 FIRST = [get_family(name).tiny_presets[0] for name in family_names()]  # one preset per family
@@ -29,8 +30,8 @@ def tiny(preset: str) -> nn.Module:
 
 
 def family_inputs(model: nn.Module, preset: str, batch: int, shorter: int = 0) -> dict[str, torch.Tensor]:
-    """The family's example input named as its forward's parameters; token inputs (integer ``(B, T)``,
-    not the rnn family's, whose time axis torch.export fixes) ``shorter`` positions shorter."""
+    """The family's example input named as its forward's parameters; token inputs (integer ``(B, T)``)
+    ``shorter`` positions shorter."""
     torch.manual_seed(batch)
     values = [t for t in get_family(FAMILY_OF[preset]).example_input(model.config, batch) if t is not None]
     inputs = dict(zip(inspect.signature(model.forward).parameters, values, strict=False))
@@ -38,7 +39,7 @@ def family_inputs(model: nn.Module, preset: str, batch: int, shorter: int = 0) -
 
 
 def varies(preset: str, t: torch.Tensor) -> bool:
-    return t.ndim == 2 and not t.is_floating_point() and FAMILY_OF[preset] != "rnn"
+    return t.ndim == 2 and not t.is_floating_point()
 
 
 def axes(preset: str, inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
@@ -117,10 +118,11 @@ def test_not_a_program_is_refused(tmp_path):
         load_program(bad)
 
 
-def test_a_padded_rnn_is_refused_naming_the_family_and_the_line():
-    model = tiny("gru-tiny")
-    x = torch.randn(2, 6, 3)
-    mask = torch.ones(2, 6, dtype=torch.long)
-    mask[0, 4:] = 0
-    with pytest.raises(UserError, match=r"the rnn model cannot be exported.*bigmodel/models/rnn.py:\d+"):
-        capture(model, {"x": x, "mask": mask})
+def test_a_data_dependent_check_is_refused_naming_the_line():
+    class Checked(nn.Module):  # reads the mask's values, as packing a padded batch did
+        def forward(self, x, mask):
+            return x * lengths_from_mask(mask)[:, None, None]
+
+    x, mask = torch.randn(2, 6, 3), torch.ones(2, 6, dtype=torch.long)
+    with pytest.raises(UserError, match=r"the Checked model cannot be exported.*bigmodel/models/rnn.py:\d+"):
+        capture(Checked(), {"x": x, "mask": mask})

@@ -98,7 +98,7 @@ def export_onnx(
                 program,
                 tuple(inputs.values()),
                 input_names=list(inputs),
-                output_names=output_names(program),
+                output_names=output_names(program, list(inputs)),
                 # With a program, only the axis names are read: they relabel the ONNX dimensions.
                 dynamic_shapes=tuple(dict(dynamic.get(name, {})) or None for name in inputs),
                 dynamo=True,

@@ -43,9 +43,24 @@ class Positional(nn.Module):
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
+        self.out_spec: pytree.TreeSpec | None = None
 
     def forward(self, *tensors: torch.Tensor) -> Any:
-        return self.module(*tensors)
+        outputs = self.module(*tensors)
+        self.out_spec = pytree.tree_flatten(outputs)[1]  # named tuples included: describe_graph keeps them
+        return _plain(outputs)
+
+
+def _plain(value: Any) -> Any:
+    """Named tuples as dicts of their fields: ``torch.export.save`` cannot serialise a named tuple type
+    nobody registered with it, and a dict keeps the field names as output names (``log_probs``)."""
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return {field: _plain(v) for field, v in zip(value._fields, value, strict=True)}
+    if isinstance(value, tuple | list):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    return value
 
 
 def task_signature(task, model: nn.Module, batch: dict) -> tuple[nn.Module, dict, dict]:
@@ -95,10 +110,13 @@ def capture(
     specs = tuple(dict.fromkeys(dynamic.get(name, {}), Dim.DYNAMIC) or None for name in inputs)
     try:
         # On failure torch.export prints the partial graph to stderr; the error below says what matters.
+        positional = Positional(module)
         with eval_mode(module), quiet(), trace_context(), contextlib.redirect_stderr(io.StringIO()):
-            return torch.export.export(
-                Positional(module), tuple(inputs.values()), dynamic_shapes=(specs,), strict=False
+            program = torch.export.export(
+                positional, tuple(inputs.values()), dynamic_shapes=(specs,), strict=False
             )
+        program.model_out_spec = positional.out_spec  # what the model returned, before _plain
+        return program
     except Exception as exc:  # torch.export reports every refusal as some exception of its own
         raise UserError(
             f"export: the {family_of(module)} model cannot be exported: torch.export could not trace it "
@@ -248,12 +266,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def output_names(program: ExportedProgram) -> list[str]:
+def output_names(program: ExportedProgram, inputs: list[str] = ()) -> list[str]:
     """Names of the flattened outputs: ``output`` for a lone tensor, a dict's keys, ``output_0``...
-    for a tuple, joined with ``_`` when nested (``boxes_0``)."""
+    for a tuple, joined with ``_`` when nested (``boxes_0``); a name an input already has gets
+    ``_out`` (CTC's output ``lengths`` beside the input ``lengths``: ONNX names values once)."""
     spec = program.call_spec.out_spec
     leaves = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
-    return [_name(path) for path, _ in pytree.tree_flatten_with_path(leaves)[0]]
+    names = [_name(path) for path, _ in pytree.tree_flatten_with_path(leaves)[0]]
+    return [f"{name}_out" if name in inputs else name for name in names]
 
 
 def _name(path: tuple) -> str:
@@ -345,8 +365,9 @@ def describe_graph(program: ExportedProgram, inputs: list[str], module: nn.Modul
     model's own forward (``module is model``; else a wrapper the task does not call), whether the model
     decodes with a KV cache (its ``decoder/`` graphs, not this one, generate), and the names of the
     model's parts (children, ``config``) a task might read outside the graph (a CRF)."""
-    described = {"format": PROGRAM_FORMAT, "inputs": list(inputs), "outputs": output_names(program),
-                 "structure": describe_outputs(program.call_spec.out_spec)}  # fmt: skip
+    described = {"format": PROGRAM_FORMAT, "inputs": list(inputs), "outputs": output_names(program, inputs),
+                 "structure": describe_outputs(getattr(program, "model_out_spec", None)
+                                               or program.call_spec.out_spec)}  # fmt: skip
     if model is not None:
         parts = [name for name, _ in model.named_children()]
         parts += [name for name in ("config",) if hasattr(model, name)]

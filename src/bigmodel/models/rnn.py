@@ -9,6 +9,13 @@ packed (``pack_padded_sequence``) so every sequence's recurrence stops at its ow
 directions: the backward direction starts at the last *real* position, not at the padding. Padded
 positions therefore never change the output.
 
+Export: ``torch.export`` can trace neither the packing (it reads the lengths' values) nor torch's
+recurrent kernels with a varying length (it unrolls them). While exporting, the same recurrence is
+written out (:func:`scanned_direction`): the cell's equations as a ``scan`` over time that keeps the
+state unchanged at padded positions, the backward direction scanned in reverse from the padding — so it
+starts at the last real position, as packing does. Outputs equal the packed path's to float rounding;
+the weights and their names are the module's own.
+
 Heads: ``sequence`` gives one logit vector per sequence from either the ``last`` hidden state (the
 forward direction's state after the last real token, concatenated with the backward direction's state
 after the first token) or the ``mean`` of the top layer's outputs over real positions; ``tagging``
@@ -30,6 +37,7 @@ from bigmodel.models.registry import Family
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 HEADS = ("sequence", "tagging")
 POOLINGS = ("last", "mean")
+DIRECTION_PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # per layer and direction, in torch
 
 
 @dataclass
@@ -139,6 +147,8 @@ class RNN(Model):
         """The recurrent stack: outputs ``(B, T, D·H)`` (zero at padding), final states, real-position
         weights ``(B, T, 1)`` (None without a mask)."""
         x = self.embed(x)  # (B, T, E)
+        if torch.compiler.is_exporting():
+            return self._run_scanned(x, mask)
         T = x.shape[1]
         ckpt = self.config.gradient_checkpointing
         if ckpt and self.training and torch.is_grad_enabled() and x.is_cuda and self.rnn.dropout > 0:
@@ -158,6 +168,29 @@ class RNN(Model):
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # zeros after each length
         valid = (mask != 0).unsqueeze(-1).to(out.dtype)  # (B, T, 1)
         return out * valid, h, valid
+
+    def _run_scanned(
+        self, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``_run`` without packing, for ``torch.export``: each layer and direction is
+        :func:`scanned_direction` over the real positions (what dropout between layers would do is
+        left out: a graph is exported in eval mode). Final states ``(layers·D, B, H)``, layer-major as
+        torch orders them."""
+        real = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask != 0
+        steps = real.transpose(0, 1).unsqueeze(-1)  # (T, B, 1)
+        inputs, finals = x.transpose(0, 1), []  # (T, B, E): time first, as a scan reads it
+        for layer in range(self.config.num_layers):
+            outputs = []
+            for reverse in (False, True) if self.config.bidirectional else (False,):
+                suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+                weights = [getattr(self.rnn, f"{kind}{suffix}") for kind in DIRECTION_PARAMETERS]
+                out, h = scanned_direction(self.config.cell, inputs, steps, *weights, reverse=reverse)
+                outputs.append(out)
+                finals.append(h)
+            inputs = torch.cat(outputs, dim=-1)  # (T, B, D*H)
+        valid = real.unsqueeze(-1).to(inputs.dtype)  # (B, T, 1)
+        out = inputs.transpose(0, 1) * valid
+        return out, torch.stack(finals), None if mask is None else valid
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-position outputs of the top recurrent layer, both directions concatenated.
@@ -197,6 +230,59 @@ class RNN(Model):
         head, the features after dropout, (B, feature_dim) or (B, T, feature_dim)."""
         x = self.drop(self.features(x, mask))
         return x if self.head is None else self.head(x)
+
+
+def scanned_direction(
+    cell: str,
+    inputs: torch.Tensor,
+    steps: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+    reverse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One direction of one recurrent layer as a ``scan`` over time (torch's equations and gate order:
+    RNN tanh; LSTM i, f, g, o; GRU r, z, n), traceable with a varying length.
+
+    Args:
+        cell: ``rnn``, ``lstm`` or ``gru``.
+        inputs: ``(T, B, I)``, time first.
+        steps: ``(T, B, 1)`` bool, True at real positions: elsewhere the state is carried unchanged and
+            the output is 0, so a reverse scan starts each sequence at its last real position.
+        weight_ih, weight_hh, bias_ih, bias_hh: the direction's parameters, as ``nn.RNN/LSTM/GRU`` hold
+            them (``(G·H, I)``, ``(G·H, H)``, ``(G·H,)``).
+        reverse: scan from the end (the backward direction).
+
+    Returns:
+        outputs ``(T, B, H)`` (0 at padding) and the final hidden state ``(B, H)``.
+    """
+    from torch._higher_order_ops.scan import scan  # torch's prototype scan: what torch.export loops with
+
+    projected = nn.functional.linear(inputs, weight_ih, bias_ih)  # (T, B, G*H): every step at once
+    zeros = inputs.new_zeros(inputs.shape[1], weight_hh.shape[1])  # (B, H)
+    init = (zeros, zeros.clone()) if cell == "lstm" else (zeros,)
+
+    def step(carry: tuple, xs: tuple) -> tuple[tuple, torch.Tensor]:
+        h = carry[0]
+        x, real = xs
+        hidden = nn.functional.linear(h, weight_hh, bias_hh)
+        if cell == "lstm":
+            i, f, g, o = (x + hidden).chunk(4, dim=-1)
+            c = f.sigmoid() * carry[1] + i.sigmoid() * g.tanh()
+            new = (o.sigmoid() * c.tanh(), c)
+        elif cell == "gru":
+            x_r, x_z, x_n = x.chunk(3, dim=-1)
+            h_r, h_z, h_n = hidden.chunk(3, dim=-1)
+            r, z = (x_r + h_r).sigmoid(), (x_z + h_z).sigmoid()
+            new = ((1 - z) * (x_n + r * h_n).tanh() + z * h,)
+        else:
+            new = ((x + hidden).tanh(),)
+        kept = tuple(torch.where(real, n, old) for n, old in zip(new, carry, strict=True))
+        return kept, torch.where(real, new[0], 0.0)
+
+    final, outputs = scan(step, init, (projected, steps), reverse=reverse)
+    return outputs, final[0]
 
 
 def _example_input(config: RNNConfig, batch_size: int = 2, seq_len: int = 7) -> tuple[torch.Tensor, ...]:
