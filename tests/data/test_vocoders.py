@@ -149,7 +149,8 @@ def espeak_clip(tmp_path_factory):
 
 @needs_hifigan
 def test_hifigan_copy_synthesis_of_a_real_clip(espeak_clip):
-    """Measured 0.98 (0.982 on two longer sentences when the front end was chosen)."""
+    """Measured 0.982 on this clip (0.982 on two longer sentences when the front end was chosen; mean 0.967,
+    min 0.960 on 10 held-out digit-phrases-tts recordings)."""
     mel = log_mel(espeak_clip, TTS_MEL)
     vocoder = load_vocoder("hifigan")
     wave = vocoder(mel)
