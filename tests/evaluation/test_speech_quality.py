@@ -65,6 +65,8 @@ def test_mcd_of_waves_identical_gain_symmetry_and_difference():
     assert (
         mel_cepstral_distance(ah, vowel(0.8, 120, 700, seed=2), 16000) < 0.3 * different
     )  # measured 0.47 dB
+    as_numpy = mel_cepstral_distance(ah.numpy(), ee.float().numpy(), 16000)  # NumPy waves, any float dtype
+    assert as_numpy == pytest.approx(different, abs=1e-3)
     assert mel_cepstra(ah, 16000).shape == (51, 24)  # 1 + 8000 // 160 frames, c1..c24
 
 
