@@ -210,3 +210,59 @@ def test_export_json_records_what_the_graph_describes(folders):
     described = json.loads({p.key: p.value for p in proto.metadata_props}["bigmodel"])
     assert described["inputs"] == ["x"] and described["structure"] == "tensor"
     assert described["is_model"] is True and described["generates"] is False
+
+
+# --- a tagger on the rnn family, its folder written from the task (no training) ---------------------------
+
+
+def tagger_folder(tmp_path, monkeypatch, crf: bool):
+    """A token_classification task (rnn backbone, untrained) and a torch-export folder of it, laid out as
+    ``bigmodel export`` lays one out."""
+    from bigmodel.data.records import ColumnRecords
+    from bigmodel.export import export_task_program
+    from tasks.test_input_schema import CASES, build
+
+    data, task, _, columns = CASES["token_classification"]
+    rnn = {"arch": "rnn", "bidirectional": True, "embed_dim": 8, "hidden_size": 8}
+    monkeypatch.setitem(CASES, "token_classification", (data, {**task, "crf": crf}, rnn, columns))
+    task, predictor = build("token_classification")
+    records = task.clean(ColumnRecords(columns(), "tags"), "train")
+    example = task.collate([task.encode(records[i], None) for i in range(2)])
+    folder = tmp_path / "tagger"
+    export_task_program(task, predictor.model, example, folder / "model.pt2")
+    (folder / "task.json").write_text(json.dumps(task.state()))
+    task.save(folder)
+    info = {"format": "torch-export", "task": task.name, "graphs": {"model": {"file": "model.pt2"}}}
+    (folder / "export.json").write_text(json.dumps(info))
+    return predictor, folder
+
+
+SENTENCES = ["Alice visited Rome today", "Bob visited Paris", "Carol today"]
+
+
+def test_a_tagger_folder_tags_as_its_model_does(tmp_path, monkeypatch):
+    predictor, folder = tagger_folder(tmp_path, monkeypatch, crf=False)
+    assert_same_predictions(Predictor.from_export(folder).predict(SENTENCES), predictor.predict(SENTENCES))
+
+
+def test_a_tagger_with_a_crf_is_refused_naming_it(tmp_path, monkeypatch):
+    """The CRF decodes outside the graph: the folder must not fall back to argmax tags."""
+    _, folder = tagger_folder(tmp_path, monkeypatch, crf=True)
+    with pytest.raises(UserError, match=r"model\.pt2: the task reads model\.crf"):
+        Predictor.from_export(folder).predict(SENTENCES)
+
+
+def test_the_serve_command_opens_an_export_folder(folders, monkeypatch):
+    from typer.testing import CliRunner
+
+    import bigmodel.serve.app as app_module
+    from bigmodel.cli import app
+
+    _, folder = folders("image", "onnx")
+    served = {}
+    monkeypatch.setattr(
+        app_module, "serve", lambda predictor, card, settings: served.update(p=predictor, c=card)
+    )
+    result = CliRunner().invoke(app, ["serve", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert isinstance(served["p"].model, GraphModel) and served["c"]["run"] == folder.name
