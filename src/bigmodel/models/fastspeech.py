@@ -56,7 +56,7 @@ class FastSpeechConfig:
         num_heads: attention heads (divides ``embed_dim``).
         ffn_dim: inner channels of each block's convolutional feed-forward.
         kernel_size: the feed-forward's first convolution's width (odd).
-        dropout: on embeddings, attention probabilities, sublayer outputs and predictor layers.
+        dropout: on embeddings, sublayer outputs and predictor layers (not on attention probabilities).
         norm_eps: LayerNorm epsilon.
         max_positions: longest symbol or frame sequence (sinusoidal table rows).
         duration_channels: channels of the duration predictor's convolutions.
@@ -248,7 +248,9 @@ class FFTBlock(nn.Module):
     def __init__(self, c: FastSpeechConfig):
         super().__init__()
         self.norm1 = LayerNorm(c.embed_dim, c.norm_eps)
-        self.attn = MultiHeadAttention(c.embed_dim, c.num_heads, dropout=c.dropout)
+        # no dropout on the attention probabilities: on a CPU its (B, H, T, T) masks cost more than the
+        # block's matmuls at these widths; dropout stays on the sublayer outputs
+        self.attn = MultiHeadAttention(c.embed_dim, c.num_heads)
         self.norm2 = LayerNorm(c.embed_dim, c.norm_eps)
         self.mlp = ConvFeedForward(c.embed_dim, c.ffn_dim, c.kernel_size, c.dropout)
         self.drop = nn.Dropout(c.dropout)
@@ -306,7 +308,8 @@ class Aligner(nn.Module):
     def forward(self, embedded, text_keep, mels, mel_keep, text_lengths, mel_lengths) -> torch.Tensor:
         k = self.keys(embedded, text_keep)  # (B, N, A)
         q = self.queries(mels, mel_keep)  # (B, T, A)
-        distance = (q[:, :, None, :] - k[:, None, :, :]).square().sum(-1)  # (B, T, N)
+        # |q - k|² = |q|² + |k|² - 2 q.k: one batched matmul instead of a (B, T, N, A) difference
+        distance = q.square().sum(-1)[:, :, None] + k.square().sum(-1)[:, None, :] - 2 * q @ k.transpose(1, 2)
         scores = (-self.temperature * distance).masked_fill(text_keep[:, None, :, 0] == 0, NEG_INF)
         log_alignment = scores.log_softmax(dim=-1)
         if self.prior:

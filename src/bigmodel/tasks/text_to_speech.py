@@ -4,8 +4,8 @@ frames -> wave with a vocoder (Griffin-Lim in torch, or the pretrained HiFi-GAN)
 Records hold a ``text`` (``data.label`` names another column) and an ``audio`` clip (``data.audio``)
 of it being spoken. Texts are normalised (``task.text_normalize: basic``: lower case, letters, digits,
 apostrophes and single spaces, as speech_recognition scores them) and spelled with a vocabulary of the
-train split's characters (id 0 is padding); a character outside it is refused naming it and the
-allowed set. Each clip is decoded at 16 kHz and turned into the vocoders' features, ``TTS_MEL``
+train split's characters, or of ``task.symbols`` (id 0 is padding); a character outside it is refused
+naming it and the allowed set. Each clip is decoded at 16 kHz and turned into the vocoders' features, ``TTS_MEL``
 (80-band natural-log mel, hop 10 ms), normalised per band with the train split's mean and std.
 
 Loss per utterance, summed over the batch (``num_items`` = utterances): mel L1 (or L2) over real
@@ -63,6 +63,11 @@ class TextToSpeechOptions(BaseModel):
     text_normalize: Literal["basic", "none"] = Field(
         "basic",
         description="basic: lower case; letters, digits, apostrophes and single spaces; none: as given",
+    )
+    symbols: str | None = Field(
+        None,
+        description="the characters texts are spelled with (null: those of the train split's texts); a fixed "
+        "set lets held-out texts use characters the train split lacks",
     )
     max_text_length: int = Field(200, ge=1, le=10_000, description="longest text (characters) accepted")
     normalize: Literal["dataset", "none"] = Field(
@@ -251,7 +256,11 @@ class TextToSpeechTask(AudioTask):
     def fit(self, train: Records) -> None:
         self._require_audio(train)
         self.text_column_name = self.text_column(train)
-        self.vocabulary = sorted(set("".join(self._texts(train, "train"))))
+        texts = self._texts(train, "train")
+        symbols = self.options.symbols
+        self.vocabulary = sorted(set(symbols if symbols is not None else "".join(texts)))
+        if not self.vocabulary:
+            raise DataError("task.symbols: empty; give the characters texts are spelled with.")
         self._index = {c: i + 1 for i, c in enumerate(self.vocabulary)}
         n = TTS_MEL.n_mels
         self.audio_spec = {"sample_rate": TTS_MEL.sample_rate, "features": TTS_MEL.to_dict(),
