@@ -18,9 +18,24 @@ The GPU machine is bare and lent for minutes, so the script does everything itse
 5. results: ``summary.json`` (per variant: epochs, wall time, test metrics, validation curve,
    calibration), ``runs.tar.gz`` (each run's small files and its log), ``pip_list.txt``.
 
-    python3 bench/gpu_long_schedules.py --out $OUT --budget 420            # on the GPU machine
+Before the GPU call, here (the folders are in .git/info/exclude; nothing of them is committed):
+``.whl/`` holds the cp312 wheels of pydantic (+ pydantic_core, annotated_types, typing_inspection,
+typing_extensions), soundfile (+ cffi, pycparser) and sacrebleu; ``.gpudata/`` holds ``asterisk/en``
+(``cp -rL /usr/share/asterisk/sounds/en``), ``asterisk/core-sounds-en.txt.gz``, ``sword``
+(``cp -r /usr/share/sword``) and ``code`` (``git archive HEAD src recipes`` + a COMMIT file: the
+children run that snapshot, not a working tree other people are editing). Then, with carry
+``[".whl", ".gpudata"]`` and a limit of ~560 s:
+
+    set -o pipefail; PYTHONUNBUFFERED=1 python3 bench/gpu_long_schedules.py --out $OUT \\
+        --code .gpudata/code --budget 450 --safety 1.3 2>&1 | tee $OUT/log.txt
+
+On CPU (no calibration: epochs forced; a run still going at the budget is evaluated at its checkpoint):
+
     OMP_NUM_THREADS=1 .venv/bin/python bench/gpu_long_schedules.py --device cpu --no-install \\
-        --out /tmp/h5out --budget 300 --only asr-base --calib-scale 0.25 --max-epochs 2   # a dry run here
+        --code .gpudata/code --out /tmp/h5cpu --budget 4000 --finish-reserve 420 --only asr-base \\
+        --epochs asr-base=80 --override asr-base:train.num_workers=1
+    OMP_NUM_THREADS=1 .venv/bin/python bench/gpu_long_schedules.py --device cpu --no-install \\
+        --out /tmp/h5out --budget 300 --only asr-base --calib-scale 0.25 --max-epochs 2   # a dry run
 """
 
 from __future__ import annotations
@@ -280,8 +295,12 @@ def size_schedule(v: Variant, cal: dict, seconds: float, safety: float) -> tuple
 
 
 def main_overrides(v: Variant, device: str, epochs: int, every: int) -> list[str]:
-    return [*v.overrides, f"train.device={device}", f"train.epochs={epochs}",
-            f"train.eval_every={every * v.steps_per_epoch}"]  # fmt: skip
+    return [
+        f"train.device={device}",
+        f"train.epochs={epochs}",
+        f"train.eval_every={every * v.steps_per_epoch}",
+        *v.overrides,
+    ]  # fmt: skip  (the variant's own, and --override, win)
 
 
 # -- finishing a cut-off run ------------------------------------------------------------------------
@@ -378,11 +397,12 @@ def main() -> int:
     parser.add_argument("--safety", type=float, default=1.2, help="margin on calibrated times")
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--code", type=Path, default=REPO, help="folder with src/ and recipes/ to run")
+    parser.add_argument("--finish-reserve", type=float, default=60.0, help="seconds kept for cut-off runs")
+    parser.add_argument("--override", action="append", default=[], help="NAME:key=value, after the rest")
     args = parser.parse_args()
     global CODE
     CODE = args.code.resolve()
     start = time.time()
-    finish_reserve = 60.0  # evaluating cut-off runs + packing
     args.out.mkdir(parents=True, exist_ok=True)
     if args.work.exists():
         shutil.rmtree(args.work)
@@ -410,6 +430,11 @@ def main() -> int:
         summary["asterisk_skipped"] = why_not
         log(f"ASR variants skipped: {why_not}")
         variants = [v for v in variants if not v.asr]
+    for item in args.override:
+        name, _, override = item.partition(":")
+        for v in variants:
+            if v.name == name:
+                v.overrides = [*v.overrides, override]
     for v in variants:
         if args.max_epochs:
             v.max_epochs = min(v.max_epochs, args.max_epochs)
@@ -434,7 +459,7 @@ def main() -> int:
     save()
 
     # main: every variant sized to end before the budget
-    main_end = start + args.budget - finish_reserve
+    main_end = start + args.budget - args.finish_reserve  # then: evaluating cut-off runs, packing
     now = time.time()
     plans = []
     for v in variants:
