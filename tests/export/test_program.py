@@ -5,6 +5,7 @@ cache as tensors; named inputs and outputs; clear refusals."""
 from __future__ import annotations
 
 import inspect
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -12,7 +13,13 @@ from torch import nn
 
 from bigmodel.errors import UserError
 from bigmodel.export.onnx import DecoderOnlyStep
-from bigmodel.export.program import capture, export_program, load_program, verify_program
+from bigmodel.export.program import (
+    capture,
+    export_program,
+    load_program,
+    rebuild_outputs,
+    verify_program,
+)
 from bigmodel.models.registry import build_config, family_names, get_family
 from bigmodel.models.rnn import lengths_from_mask
 
@@ -126,3 +133,29 @@ def test_a_data_dependent_check_is_refused_naming_the_line():
     x, mask = torch.randn(2, 6, 3), torch.ones(2, 6, dtype=torch.long)
     with pytest.raises(UserError, match=r"the Checked model cannot be exported.*bigmodel/models/rnn.py:\d+"):
         capture(Checked(), {"x": x, "mask": mask})
+
+
+class Pair(NamedTuple):
+    scores: torch.Tensor
+    lengths: torch.Tensor
+
+
+def test_named_tuple_outputs_are_saved_and_rebuilt(tmp_path):
+    """torch.export.save cannot serialise an unregistered named tuple: the program returns its fields as a
+    dict, and its description rebuilds the named tuple; an output named like an input gets ``_out``."""
+
+    class Scorer(nn.Module):
+        def forward(self, x, lengths):
+            return Pair(x.sum(-1), lengths * 2)
+
+    x, lengths = torch.randn(3, 4), torch.tensor([1, 2, 3])
+    program = load_program(export_program(Scorer(), {"x": x, "lengths": lengths}, tmp_path / "p.pt2"))
+    assert program.outputs == ["scores", "lengths_out"]
+    assert program.description["structure"] == {
+        "namedtuple": f"{__name__}:Pair", "items": ["tensor", "tensor"]
+    }  # fmt: skip
+    got = rebuild_outputs(program.description["structure"], list(program(x=x, lengths=lengths).values()))
+    assert isinstance(got, Pair) and got.lengths.tolist() == [2, 4, 6]
+    torch.testing.assert_close(got.scores, x.sum(-1))
+    with pytest.raises(UserError, match=r"g\.pt2: the graph returns 1 outputs, its description more"):
+        rebuild_outputs(program.description["structure"], [got.scores], "g.pt2")

@@ -212,44 +212,55 @@ def test_export_json_records_what_the_graph_describes(folders):
     assert described["is_model"] is True and described["generates"] is False
 
 
-# --- a tagger on the rnn family, its folder written from the task (no training) ---------------------------
+# --- tasks on the rnn family, their folders written from the task (no training) -------------------------
 
 
-def tagger_folder(tmp_path, monkeypatch, crf: bool):
-    """A token_classification task (rnn backbone, untrained) and a torch-export folder of it, laid out as
-    ``bigmodel export`` lays one out."""
+def task_folder(tmp_path, monkeypatch, case: str, model: dict | None = None, **options):
+    """A task of ``tasks/test_input_schema.CASES`` (untrained model: ``model`` replaces the case's, the
+    options are added to its task) and a torch-export folder of it, laid out as ``bigmodel export`` lays
+    one out; returns the in-memory predictor, the folder and a few records to predict."""
     from bigmodel.data.records import ColumnRecords
     from bigmodel.export import export_task_program
     from tasks.test_input_schema import CASES, build
 
-    data, task, _, columns = CASES["token_classification"]
-    rnn = {"arch": "rnn", "bidirectional": True, "embed_dim": 8, "hidden_size": 8}
-    monkeypatch.setitem(CASES, "token_classification", (data, {**task, "crf": crf}, rnn, columns))
-    task, predictor = build("token_classification")
-    records = task.clean(ColumnRecords(columns(), "tags"), "train")
+    data, task, arch, columns = CASES[case]
+    monkeypatch.setitem(CASES, case, (data, {**task, **options}, model or arch, columns))
+    monkeypatch.setenv("BIGMODEL_CACHE", str(tmp_path / "cache"))
+    task, predictor = build(case)
+    records = task.clean(ColumnRecords(columns(), case), "train")
     example = task.collate([task.encode(records[i], None) for i in range(2)])
-    folder = tmp_path / "tagger"
+    folder = tmp_path / case
     export_task_program(task, predictor.model, example, folder / "model.pt2")
     (folder / "task.json").write_text(json.dumps(task.state()))
     task.save(folder)
     info = {"format": "torch-export", "task": task.name, "graphs": {"model": {"file": "model.pt2"}}}
     (folder / "export.json").write_text(json.dumps(info))
-    return predictor, folder
+    return predictor, folder, [records[i] for i in range(2, 6)]
 
 
+RNN_TEXT = {"arch": "rnn", "bidirectional": True, "embed_dim": 8, "hidden_size": 8}
 SENTENCES = ["Alice visited Rome today", "Bob visited Paris", "Carol today"]
 
 
 def test_a_tagger_folder_tags_as_its_model_does(tmp_path, monkeypatch):
-    predictor, folder = tagger_folder(tmp_path, monkeypatch, crf=False)
+    predictor, folder, _ = task_folder(tmp_path, monkeypatch, "token_classification", RNN_TEXT)
     assert_same_predictions(Predictor.from_export(folder).predict(SENTENCES), predictor.predict(SENTENCES))
 
 
 def test_a_tagger_with_a_crf_is_refused_naming_it(tmp_path, monkeypatch):
     """The CRF decodes outside the graph: the folder must not fall back to argmax tags."""
-    _, folder = tagger_folder(tmp_path, monkeypatch, crf=True)
+    _, folder, _ = task_folder(tmp_path, monkeypatch, "token_classification", RNN_TEXT, crf=True)
     with pytest.raises(UserError, match=r"model\.pt2: the task reads model\.crf"):
         Predictor.from_export(folder).predict(SENTENCES)
+
+
+def test_a_speech_recognizer_folder_transcribes_as_its_model_does(tmp_path, monkeypatch):
+    """Its graph returns CTCOutputs (a named tuple): rebuilt from the graph's description for CTC
+    decoding."""
+    predictor, folder, records = task_folder(tmp_path, monkeypatch, "speech_recognition")
+    clips = [{"audio": r["audio"]} for r in records]
+    expected = predictor.predict(clips)
+    assert_same_predictions(Predictor.from_export(folder).predict(clips), expected)
 
 
 def test_the_serve_command_opens_an_export_folder(folders, monkeypatch):

@@ -17,7 +17,7 @@ import re
 import traceback
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,16 @@ class Positional(nn.Module):
     (``module.blocks.0.attn.q.weight``).
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, seen: Callable[[pytree.TreeSpec], None] = lambda spec: None):
         super().__init__()
         self.module = module
-        self.out_spec: pytree.TreeSpec | None = None
+        # What the model returned (named tuples included) goes to ``seen``, a closure: torch.export
+        # restores the module's own attributes (a dict's contents too) after tracing.
+        self.seen = seen
 
     def forward(self, *tensors: torch.Tensor) -> Any:
         outputs = self.module(*tensors)
-        self.out_spec = pytree.tree_flatten(outputs)[1]  # named tuples included: describe_graph keeps them
+        self.seen(pytree.tree_flatten(outputs)[1])
         return _plain(outputs)
 
 
@@ -110,12 +112,13 @@ def capture(
     specs = tuple(dict.fromkeys(dynamic.get(name, {}), Dim.DYNAMIC) or None for name in inputs)
     try:
         # On failure torch.export prints the partial graph to stderr; the error below says what matters.
-        positional = Positional(module)
+        specs_seen: list[pytree.TreeSpec] = []
+        positional = Positional(module, lambda spec: specs_seen.append(spec))
         with eval_mode(module), quiet(), trace_context(), contextlib.redirect_stderr(io.StringIO()):
             program = torch.export.export(
                 positional, tuple(inputs.values()), dynamic_shapes=(specs,), strict=False
             )
-        program.model_out_spec = positional.out_spec  # what the model returned, before _plain
+        program.model_out_spec = specs_seen[-1]  # what the model returned, before _plain
         return program
     except Exception as exc:  # torch.export reports every refusal as some exception of its own
         raise UserError(
@@ -317,13 +320,18 @@ def rebuild_outputs(structure: Any, flat: list, where: str = "graph") -> Any:
         UserError: the structure is damaged, names a type that cannot be imported, or does not hold
             as many tensors as the graph returned (``where`` names the file).
     """
-    leaves = iter(flat)
+    leaves = list(flat)
+    taken = 0
 
     def build(node):
+        nonlocal taken
         if node == "tensor":
-            return next(leaves)
+            if taken == len(leaves):
+                raise UserError(f"{where}: the graph returns {len(leaves)} outputs, its description more.")
+            taken += 1
+            return leaves[taken - 1]
         if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("tuple"), list):
-            return tuple(build(n) for n in node["tuple"])
+            return tuple([build(n) for n in node["tuple"]])
         if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("list"), list):
             return [build(n) for n in node["list"]]
         if isinstance(node, dict) and len(node) == 1 and isinstance(node.get("dict"), dict):
@@ -333,15 +341,12 @@ def rebuild_outputs(structure: Any, flat: list, where: str = "graph") -> Any:
             and isinstance(node.get("namedtuple"), str)
             and isinstance(node.get("items"), list)
         ):
-            return _named_tuple(node["namedtuple"], where)(*(build(n) for n in node["items"]))
+            return _named_tuple(node["namedtuple"], where)(*[build(n) for n in node["items"]])
         raise UserError(f"{where}: damaged output structure {node!r}; export the run again.")
 
-    try:
-        rebuilt = build(structure)
-    except StopIteration:
-        rebuilt = None
-    if rebuilt is None or next(leaves, None) is not None:
-        raise UserError(f"{where}: the graph returns {len(flat)} outputs, its description another number.")
+    rebuilt = build(structure)
+    if taken != len(leaves):
+        raise UserError(f"{where}: the graph returns {len(leaves)} outputs, its description fewer.")
     return rebuilt
 
 
