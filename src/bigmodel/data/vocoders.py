@@ -16,7 +16,8 @@ natural log clamped at 1e-5, and HiFi-GAN's framing (reflect padding by ``(n_fft
 centred) — correlation 0.982 (0.966 with centred frames, 0.84-0.87 with a power mel, 0.90 with an HTK
 scale, 0.79 without the Slaney norm, 0.97 with fmax 7600 or a 1024 window); 0.982 on "three one four
 one five" and 0.967 on average (min 0.960) over 10 held-out ``digit-phrases-tts`` recordings (Griffin-Lim
-reaches 0.99, as it rebuilds exactly the mel it is given, but sounds phasey). The vocoded wave's RMS is
+reaches 0.99, as it rebuilds exactly the mel it is given, but sounds phasey). Speed on one loaded core:
+Griffin-Lim (50 NNLS steps, 60 iterations, float32) 0.36 s for a 1.75 s clip. The vocoded wave's RMS is
 ~1.35x the input's.
 """
 
@@ -47,7 +48,7 @@ HIFIGAN_FILE_GLOB = "ckpts/hfgan-*-16k-*.ts"  # where pip puts the wheel's data 
 # A natural-log mel below this is not a spectrogram in ln units (ln(1e-5) = -11.5 is the floor; dB
 # log-mels reach -80 or -100): refused rather than vocoded into noise.
 _LN_LOWEST_PLAUSIBLE = -25.0
-_NNLS_ITERS = 200
+_NNLS_ITERS = 50  # the mel's mean |ln error|: 0.008 from the clamped pseudo-inverse, 0.0005 after 50
 
 
 class Vocoder:
@@ -116,24 +117,29 @@ def check_log_mel(log_mel, spec: FeatureSpec, what: str) -> torch.Tensor:
 # --- Griffin-Lim --------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
+def _mel_inverse(spec: FeatureSpec) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The spec's mel basis ``(n_mels, bins)``, its pseudo-inverse and the projected-gradient step
+    (1 / the Lipschitz constant of the least-squares gradient), float32."""
+    basis = mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax, spec.mel_scale,
+                           spec.mel_norm, dtype=torch.float64)  # fmt: skip
+    step = 1.0 / float(torch.linalg.matrix_norm(basis.T @ basis, ord=2))
+    return basis.float(), torch.linalg.pinv(basis).float(), step
+
+
 def mel_to_magnitude(
     log_mel: torch.Tensor, spec: FeatureSpec = TTS_MEL, n_iter: int = _NNLS_ITERS
 ) -> torch.Tensor:
-    """Linear STFT magnitude ``(..., n_fft // 2 + 1, frames)`` whose mel is closest to ``log_mel``
-    ``(..., n_mels, frames)`` (spec's log units): non-negative least squares — the pseudo-inverse
-    solution clamped at 0, then ``n_iter`` projected-gradient steps — on ``|S| ** power``."""
-    basis = mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax, spec.mel_scale,
-                           spec.mel_norm, dtype=torch.float64)  # fmt: skip
-    if spec.log == "ln":
-        mel = torch.exp(log_mel.to(torch.float64))
-    else:
-        mel = 10.0 ** (log_mel.to(torch.float64) / 10.0)
-    spectrum = (torch.linalg.pinv(basis) @ mel).clamp_min(0.0)  # |S| ** power, frames as columns
-    gram, target = basis.T @ basis, basis.T @ mel
-    step = 1.0 / torch.linalg.matrix_norm(gram, ord=2)  # 1 / Lipschitz constant of the gradient
-    for _ in range(n_iter):
-        spectrum = (spectrum - step * (gram @ spectrum - target)).clamp_min(0.0)
-    return (spectrum ** (1.0 / spec.power)).to(torch.float32)
+    """Linear STFT magnitude ``(n_fft // 2 + 1, frames)`` (float32) whose mel is closest to ``log_mel``
+    ``(n_mels, frames)`` (spec's log units): non-negative least squares — the pseudo-inverse solution
+    clamped at 0, then ``n_iter`` projected-gradient steps — on ``|S| ** power``."""
+    basis, inverse, step = _mel_inverse(spec)
+    log_mel = log_mel.to(torch.float32)
+    mel = torch.exp(log_mel) if spec.log == "ln" else 10.0 ** (log_mel / 10.0)
+    spectrum = (inverse @ mel).clamp_min(0.0)  # |S| ** power, frames as columns
+    for _ in range(n_iter):  # B^T (B x - mel): 2 n_mels bins a frame, where the Gram matrix costs bins^2
+        spectrum = (spectrum - step * (basis.T @ (basis @ spectrum - mel))).clamp_min(0.0)
+    return spectrum ** (1.0 / spec.power)
 
 
 def griffin_lim_magnitude(
@@ -149,13 +155,15 @@ def griffin_lim_magnitude(
     """Fast Griffin-Lim in centred framing (``librosa.griffinlim``'s algorithm): a wave ``(length,)``
     (default ``(frames - 1) * hop``) whose STFT magnitude approaches ``magnitude``
     ``(n_fft // 2 + 1, frames)``. Phases start random (``seed``); each iteration projects onto
-    consistent spectrograms and extrapolates with ``momentum``."""
+    consistent spectrograms and extrapolates with ``momentum``. Computed in ``magnitude``'s dtype (float64
+    stays float64; anything else runs in float32)."""
     win = win_length or n_fft
-    magnitude = magnitude.to(torch.float64)
-    window = torch.hann_window(win, periodic=True, dtype=torch.float64)
+    dtype = torch.float64 if magnitude.dtype == torch.float64 else torch.float32
+    magnitude = magnitude.to(dtype)
+    window = torch.hann_window(win, periodic=True, dtype=dtype)
     length = length or (magnitude.shape[-1] - 1) * hop_length
     generator = torch.Generator().manual_seed(seed)
-    phases = 2 * math.pi * torch.rand(magnitude.shape, generator=generator, dtype=torch.float64)
+    phases = 2 * math.pi * torch.rand(magnitude.shape, generator=generator, dtype=dtype)
     angles = torch.polar(torch.ones_like(magnitude), phases)
 
     def inverse(spectrum: torch.Tensor) -> torch.Tensor:
