@@ -5,8 +5,8 @@ Records hold a ``text`` (``data.label`` names another column) and an ``audio`` c
 of it being spoken. Texts are normalised (``task.text_normalize: basic``: lower case, letters, digits,
 apostrophes and single spaces, as speech_recognition scores them) and spelled with a vocabulary of the
 train split's characters, or of ``task.symbols`` (id 0 is padding); a character outside it is refused
-naming it and the allowed set. Each clip is decoded at 16 kHz and turned into the vocoders' features, ``TTS_MEL``
-(80-band natural-log mel, hop 10 ms), normalised per band with the train split's mean and std.
+naming it and the allowed set. Each clip is decoded at 16 kHz and turned into the vocoders' features,
+``TTS_MEL`` (80-band natural-log mel, hop 10 ms), normalised per band with the train split's mean and std.
 
 Loss per utterance, summed over the batch (``num_items`` = utterances): mel L1 (or L2) over real
 frames and bands, plus ``duration_weight`` x the MSE of the predicted log durations against the hard
@@ -562,9 +562,6 @@ class TextToSpeechTask(AudioTask):
         waves = self.synthesise(model, batch["input_ids"], batch["attention_mask"], batch["speed"])
         return [{"text": text, "audio": wave, "seconds": round(wave.seconds, 3)}
                 for text, wave in zip(batch["texts"], waves, strict=True)]  # fmt: skip
-
-    def report_rows(self, records, predictions: list[dict]) -> list[dict] | None:
-        return None
 
 
 class TTSMetric(Metric):
