@@ -755,9 +755,15 @@ def _write_export_json(folder: Path, info: dict, command: str) -> Path:
 
 
 def load(run: Run | str | Path, model: nn.Module | None = None) -> Predictor:
-    """Load a trained run for prediction: ``bigmodel.load(path).predict(inputs)``. A pretrained image
+    """Load a trained run for prediction: ``bigmodel.load(path).predict(inputs)``. An export folder
+    (``bigmodel export``) predicts through its graph, without the model's code. A pretrained image
     classifier's name (``efficientnet-lite0``, ``mobilenet_v2``) that is not a folder here loads that
     checkpoint with its ImageNet head and class names."""
+    from bigmodel.export.runtime import is_export_folder
+
+    folder = getattr(run, "path", run)
+    if model is None and is_export_folder(folder):
+        return Predictor.from_export(folder)
     if isinstance(run, (str, Path)) and not Path(run).exists():
         from bigmodel.hub.vision import IMAGE_CHECKPOINTS
 

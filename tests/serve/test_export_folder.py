@@ -277,3 +277,20 @@ def test_the_serve_command_opens_an_export_folder(folders, monkeypatch):
     result = CliRunner().invoke(app, ["serve", str(folder)])
     assert result.exit_code == 0, result.output
     assert isinstance(served["p"].model, GraphModel) and served["c"]["run"] == folder.name
+
+
+def test_load_and_the_predict_command_open_an_export_folder(folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from bigmodel.cli import app
+
+    run, folder = folders("bert", "onnx")
+    loaded = bigmodel.load(folder)
+    assert isinstance(loaded.model, GraphModel)
+    expected = bigmodel.load(run).predict(texts())
+    assert_same_predictions(loaded.predict(texts()), expected)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"text": texts()[0]}) + "\n")
+    result = CliRunner().invoke(app, ["predict", str(folder), str(rows)])
+    assert result.exit_code == 0, result.output
+    assert_same_predictions(json.loads(result.stdout.splitlines()[-1]), expected[0])
