@@ -28,6 +28,7 @@ import math
 import site
 import sys
 import sysconfig
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -233,7 +234,9 @@ def hifigan_installed() -> bool:
 @functools.lru_cache(maxsize=2)
 def _load_torchscript(path: str) -> torch.jit.ScriptModule:
     try:
-        module = torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the file is TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(path, map_location="cpu")
     except (RuntimeError, OSError, ValueError) as exc:
         raise UserError(
             f"vocoder 'hifigan': cannot load '{path}' ({str(exc).splitlines()[0][:200]}); reinstall it: "
