@@ -108,11 +108,6 @@ def test_a_missing_synthesiser_names_the_install_command(monkeypatch, tmp_path):
 
 @needs_espeak
 def test_the_shipped_recipe_trains_one_step_on_a_tiny_set(tmp_path, monkeypatch):
-    """Until recipe/schema.py lists digit-phrases, register it here the way it will."""
-    from bigmodel.recipe import schema
-
-    if "digit-phrases" not in schema.BUILTIN_DATASETS:
-        monkeypatch.setattr(schema, "BUILTIN_DATASETS", (*schema.BUILTIN_DATASETS, "digit-phrases"))
     tiny = builtin.Builtin(lambda: read_phrase_set(TINY, cache=tmp_path, progress=False), "tiny")
     monkeypatch.setitem(builtin.BUILTINS, "digit-phrases", tiny)
     run = bigmodel.train(
