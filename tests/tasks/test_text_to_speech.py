@@ -102,6 +102,8 @@ def test_fit_spells_with_the_train_characters_and_measures_the_mels():
     assert len(task.audio_spec["mean"]) == 80 and min(task.audio_spec["std"]) > 0
     item = task.encode({"text": "Ab!", "audio": spoken("ab")}, None)  # basic normalisation: lower, no "!"
     assert item["ids"].tolist() == [2, 3] and item["mel"].shape == (12, 80)
+    # a data set's own "speed" column (builtin:digit-phrases-tts: 160 words a minute) is no speaking rate
+    assert task.encode({"text": "ab", "audio": spoken("ab"), "speed": 160}, None)["speed"] == 1.0
 
 
 def test_bad_texts_are_refused_naming_the_character_the_field_and_the_limit():
@@ -112,8 +114,8 @@ def test_bad_texts_are_refused_naming_the_character_the_field_and_the_limit():
         task.parse("   ")
     with pytest.raises(DataError, match="9 characters; at most 6 .task.max_text_length"):
         task.parse("abcabcabc")
-    with pytest.raises(DataError, match="row 2.*'speed' must be a number in"):
-        task.parse([{"text": "ab"}, {"text": "ab", "speed": 9}])
+    with pytest.raises(DataError, match="row 2.*'speaking_rate' must be a number in"):
+        task.parse([{"text": "ab"}, {"text": "ab", "speaking_rate": 9}])
     with pytest.raises(DataError, match="unknown field 'voice'"):
         task.parse({"text": "ab", "voice": "x"})
     with pytest.raises(DataError, match=r"row 3.*'z'"):
@@ -214,7 +216,9 @@ def test_predict_returns_a_waveform_written_as_wav_and_sent_as_base64(tiny_runs,
     predictor = bigmodel.load(train().path)
     (row,) = predictor.predict(Path("a b"))  # as the command line hands "a b" over
     assert row["text"] == "a b" and isinstance(row["audio"], Waveform) and row["audio"].sample_rate == RATE
-    fast, slow = predictor.predict([{"text": "abc", "speed": 2.0}, {"text": "abc", "speed": 0.5}])
+    fast, slow = predictor.predict(
+        [{"text": "abc", "speaking_rate": 2}, {"text": "abc", "speaking_rate": 0.5}]
+    )
     assert fast["seconds"] < slow["seconds"]
     (saved,) = _save_images([row], tmp_path / "out")
     wave, rate = soundfile.read(saved["audio"])
