@@ -81,6 +81,11 @@ def test_the_alignment_prior_is_a_distribution_over_real_symbols_near_the_diagon
         assert torch.isinf(log_prior[b, :, n:]).all()
     peaks = log_prior[0].argmax(-1).tolist()
     assert peaks[0] == 0 and peaks[-1] == 3 and peaks == sorted(peaks)
+    from scipy.stats import betabinom
+
+    for t in range(10):  # item 0: BetaBinomial(n; N - 1 = 3, t + 1, T - t) exactly
+        expected = betabinom.logpmf(range(4), 3, t + 1, 10 - t)
+        torch.testing.assert_close(log_prior[0, t], torch.tensor(expected, dtype=torch.float32))
 
 
 def _model(**overrides):

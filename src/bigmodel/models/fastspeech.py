@@ -212,11 +212,20 @@ def beta_binomial_prior(
     a = t + 1
     b = (mel_lengths.float()[:, None, None] - t).clamp_min(1)
 
+    # Every argument of the gamma functions below is a whole number up to N + T: lgamma(x) = log((x-1)!)
+    # from a cumulative table (ONNX has no lgamma).
+    log_factorial = torch.cat(
+        [n.new_zeros(1), torch.arange(1, N + T + 2, device=device).float().log().cumsum(0)]
+    )
+
+    def log_gamma(x):
+        return log_factorial[(x - 1).long().clamp(0, N + T + 1)]
+
     def log_beta(x, y):
-        return torch.lgamma(x) + torch.lgamma(y) - torch.lgamma(x + y)
+        return log_gamma(x) + log_gamma(y) - log_gamma(x + y)
 
     k = torch.minimum(n, count)
-    log_choose = torch.lgamma(count + 1) - torch.lgamma(k + 1) - torch.lgamma(count - k + 1)
+    log_choose = log_gamma(count + 1) - log_gamma(k + 1) - log_gamma(count - k + 1)
     log_prior = log_choose + log_beta(k + a, count - k + b) - log_beta(a, b)
     real_symbol = n < text_lengths[:, None, None]
     real_frame = t < mel_lengths[:, None, None]
