@@ -38,7 +38,8 @@ pytest.importorskip("onnxscript")
 FAST = ["mlp-tiny", "cnn-tiny", "resnet-tiny", "lstm-tiny", "gru-tiny", "bert-tiny", "efficientnet-tiny",
         "mobilenet_v2-tiny", "unet-tiny"]  # fmt: skip
 SLOW = ["rnn-tiny", "resnet-tiny-bottleneck", "gpt-tiny", "llama-tiny", "llama-tiny-qwen2", "t5-tiny",
-        "t5-tiny-gated", "transformer-tiny", "transformer-tiny-prenorm", "diffusion-unet-tiny"]  # fmt: skip
+        "t5-tiny-gated", "transformer-tiny", "transformer-tiny-prenorm", "diffusion-unet-tiny",
+        "fastspeech-tiny"]  # fmt: skip
 FAMILY_OF = {preset: name for name in family_names() for preset in get_family(name).tiny_presets}
 
 

@@ -159,3 +159,15 @@ def test_named_tuple_outputs_are_saved_and_rebuilt(tmp_path):
     torch.testing.assert_close(got.scores, x.sum(-1))
     with pytest.raises(UserError, match=r"g\.pt2: the graph returns 1 outputs, its description more"):
         rebuild_outputs(program.description["structure"], [got.scores], "g.pt2")
+
+
+def test_parity_counts_equal_infinities_as_equal_and_refuses_one_sided_ones():
+    from bigmodel.export.program import max_difference
+
+    masked = torch.tensor([[0.5, -float("inf")], [0.25, 1.0]])
+    assert max_difference(["scores"], [masked.clone()], [masked], atol=1e-4) == 0.0
+    finite = masked.nan_to_num(neginf=-1e4)
+    with pytest.raises(UserError, match="output 'scores' differs"):
+        max_difference(["scores"], [finite], [masked], atol=1e-4)
+    with pytest.raises(UserError, match="output 'scores' differs"):
+        max_difference(["scores"], [masked * float("nan")], [masked], atol=1e-4)

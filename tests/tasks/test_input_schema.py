@@ -144,6 +144,18 @@ def _spoken_letters() -> dict:
     return {"audio": clips, "text": texts}
 
 
+TTS = {"name": "text_to_speech", "symbols": "abcdefghijklmnopqrstuvwxyz' "}
+FASTSPEECH = {"arch": "fastspeech", "embed_dim": 8, "num_heads": 2, "ffn_dim": 8, "num_layers": 1,
+              "num_decoder_layers": 1, "duration_channels": 4, "aligner_dim": 4}  # fmt: skip
+
+
+def _spoken_texts() -> dict:
+    """0.05 s of noise per character of each text (the alignment needs a frame per character)."""
+    texts = ["the cat sat", "on the mat", "a cat", "the mat sat on a cat"]
+    clips = [np.random.default_rng(i).normal(0, 0.1, 800 * len(t)) for i, t in enumerate(texts)]
+    return {"audio": clips, "text": texts}
+
+
 CASES = {
     "causal_lm": ({"max_length": 16}, {"name": "causal_lm", "max_new_tokens": 4},
                   {"arch": "gpt", "embed_dim": 16, "num_heads": 2, "num_layers": 1},
@@ -191,6 +203,7 @@ CASES = {
                          {"arch": "cnn", "channels": [8, 8, 8]}, _boxes),
     "audio_classification": ({}, AUDIO, {"arch": "cnn", "channels": [4, 8]}, _noise_clips),
     "speech_recognition": ({}, SPEECH, {"arch": "rnn", "cell": "gru", "hidden_size": 8}, _spoken_letters),
+    "text_to_speech": ({}, TTS, FASTSPEECH, _spoken_texts),
 }  # fmt: skip
 
 

@@ -401,8 +401,8 @@ def run_reference(module: nn.Module, inputs: Mapping[str, torch.Tensor]) -> list
 
 
 def max_difference(names: list[str], got: list, expected: list[torch.Tensor], atol: float) -> float:
-    """Max |got - expected| over every output; a shape mismatch or a difference above ``atol`` is
-    refused naming the output."""
+    """Max |got - expected| over every output (equal infinities count as equal); a shape mismatch or a
+    difference above ``atol`` is refused naming the output."""
     if len(got) != len(expected):
         raise UserError(f"export: the graph returns {len(got)} outputs, the model {len(expected)}.")
     worst = 0.0
@@ -414,8 +414,10 @@ def max_difference(names: list[str], got: list, expected: list[torch.Tensor], at
             )
         if a.numel() == 0:
             continue
-        diff = (a.double() - b.detach().cpu().double()).abs().max().item()
-        if not diff <= atol:  # NaN fails too
+        a, b = a.double(), b.detach().cpu().double()
+        same_infinity = torch.isinf(a) & (a == b)  # masked scores (-inf) match when both are -inf
+        diff = (a - b).masked_fill(same_infinity, 0.0).abs().max().item()
+        if not diff <= atol:  # NaN fails too; an infinity on one side only is an infinite difference
             raise UserError(
                 f"export: output '{name}' differs from the model's by {diff:.3g} (> atol {atol:g}); "
                 "the exported graph does not compute what the model does."
