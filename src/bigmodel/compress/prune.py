@@ -484,7 +484,7 @@ def apply(ctx, options: dict) -> StageOutput:
     else:
         ft = opts.finetune
         notes.append(
-            f"fine-tuned {ft.epochs} epoch(s) per step"
+            f"fine-tuned {ft.epochs} epoch(s) per step at lr {ft.lr or ctx.recipe.train.optimizer.lr:g}"
             + (f", schedule {ft.schedule.name} (warm-up {ft.schedule.warmup_steps})" if ft.schedule else "")
             + (f", distilled from the unpruned model (T {ft.distill.temperature:g}, alpha "
                f"{ft.distill.alpha:g})" if ft.distill else "")
