@@ -199,6 +199,9 @@ class Child:
 def launch(variant: Variant, overrides: list[str], output: Path, logs: Path, deadline: float, env) -> Child:
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{variant.name}.log"
+    # one output folder per variant: two variants of a recipe started in the same second would
+    # otherwise share runs/<recipe>/ and be told apart only by a "-1" suffix
+    output = output / variant.name
     argv = [sys.executable, "-m", "bigmodel", "train", variant.recipe, *overrides, "-o", str(output)]
     with open(log_path, "w") as f:
         f.write(" ".join(argv) + "\n")
@@ -338,7 +341,7 @@ def describe(child: Child) -> dict:
     out |= {"recipe": v.recipe, "overrides": v.overrides, "steps_per_epoch": v.steps_per_epoch}
     if run_dir is None:
         return out
-    out["run_dir"] = str(run_dir.relative_to(child.output.parent))
+    out["run_dir"] = str(run_dir.relative_to(child.output.parent.parent))
     for name in ("eval.json", "summary.json"):
         if (run_dir / name).is_file():
             data = json.loads((run_dir / name).read_text())
