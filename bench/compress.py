@@ -34,16 +34,17 @@ speedup and whether the stage was accepted:
   ``--prune-subset`` of the 60k training images (written as MNIST-layout IDX files to a temporary
   folder: ``data.subset`` is a Hugging Face configuration name, not a sample size; 0 = all), judged on
   the published 10k test set, then ``prune: {method: channels, amount: 0.5, finetune: {epochs:
-  --prune-epochs}}`` inside the training run. Each further ``--prune-stage JSON`` (options over that
-  base: ``steps``, ``step_schedule``, ``finetune.schedule``, ``finetune.distill`` ...) is a
-  ``compress_run`` on the same trained model, so variants are paired; ``--prune-run RUN`` prunes a run
-  trained before (e.g. kept with ``--runs``) instead of training one. Without Debian's
+  --prune-epochs, lr: --prune-lr}}`` inside the training run. Each further ``--prune-stage JSON``
+  (options over that base: ``steps``, ``step_schedule``, ``finetune.schedule``, ``finetune.distill``
+  ...) is a ``compress_run`` on the same trained model, so variants are paired; ``--prune-run RUN``
+  prunes a run trained before (e.g. kept with ``--runs``) instead of training one. Without Debian's
   dataset-fashion-mnist it falls back to recipes/digits-cnn.yaml and says so in the result.
 
 Run:
     OMP_NUM_THREADS=1 .venv/bin/python bench/compress.py [--sections quantize distill prune]
         [--repeats 200] [--tweets 500] [--distill-epochs 40] [--prune-subset 20000]
-        [--prune-train-epochs 3] [--prune-epochs 2] [--prune-stage JSON ...] [--prune-run RUN]
+        [--prune-train-epochs 3] [--prune-epochs 2] [--prune-lr 0.01] [--prune-stage JSON ...]
+        [--prune-run RUN]
 """
 
 from __future__ import annotations
@@ -458,6 +459,8 @@ def prune_stages(args) -> list[dict]:
     """The prune options of each ``--prune-stage`` over the base ``{method: channels, amount, finetune:
     {epochs}}`` (``finetune`` merged key by key; ``"finetune": null`` drops it)."""
     base = {"method": "channels", "amount": args.prune_amount, "finetune": {"epochs": args.prune_epochs}}
+    if args.prune_lr:
+        base["finetune"]["lr"] = args.prune_lr
     stages = []
     for extra in args.prune_stage or [{}]:
         stage = {**base, **extra}
@@ -502,12 +505,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tune epochs after pruning")
     parser.add_argument("--prune-amount", type=float, default=0.5, help="share of channels removed")
     parser.add_argument(
+        "--prune-lr",
+        type=float,
+        default=0.01,
+        help="fine-tune lr (1e-2 held the 1-point target at the default sizes, the run's 3e-3 did not: "
+        "docs/results.md); 0: the run's train.optimizer.lr",
+    )
+    parser.add_argument(
         "--prune-stage",
         action="append",
         type=json.loads,
         metavar="JSON",
         help='prune options, e.g. \'{"steps": 2, "finetune": {"epochs": 1}}\' over {method: channels, '
-        "amount: --prune-amount, finetune: {epochs: --prune-epochs}} (finetune merged key by key); "
+        "amount: --prune-amount, finetune: {epochs: --prune-epochs, lr: --prune-lr}} (finetune merged "
+        "key by key); "
         "repeat for variants on the same trained model; default: one stage with no change",
     )
     parser.add_argument("--prune-run", help="prune this trained run instead of training one")
