@@ -128,6 +128,39 @@ class HFRecords(Records):
         return len(self._dataset)
 
 
+def evenly_spaced(total: int, n: int) -> np.ndarray:
+    """``min(n, total)`` evenly spaced positions of ``range(total)``, first and last included (a fixed,
+    spread-out subset of a split: the examples evaluation generates or judges)."""
+    if n <= 0 or total <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, total - 1, num=min(n, total)).round().astype(np.int64))
+
+
+class MarkedRecords(Records):
+    """``base`` whose row ``i`` also carries the field ``name`` = ``values[i]``: how a task marks held-out
+    examples for extra work in evaluation (generate and judge this one) while the loader, the views,
+    the columns and the messages treat the split as before."""
+
+    def __init__(self, base: Records, name: str, values: Sequence):
+        super().__init__()
+        if len(values) != len(base):
+            raise ValueError(f"{len(values)} marks for {len(base)} records")
+        self.base, self.name, self.values = base, name, list(values)
+        self.columns, self.where, self.fingerprint = list(base.columns), base.where, base.fingerprint
+
+    def _row(self, i: int) -> dict[str, Any]:
+        return {**self.base[i], self.name: self.values[i]}
+
+    def _column(self, name: str) -> Sequence:
+        return self.base.column(name)
+
+    def _size(self) -> int:
+        return len(self.base)
+
+    def row_number(self, i: int) -> int:
+        return self.base.row_number(int(i) if self._indices is None else int(self._indices[i]))
+
+
 def records_from_rows(rows: Sequence[Mapping], where: str) -> ColumnRecords:
     """Records from dicts; every dict must have the first one's keys (extra keys are ignored)."""
     if not rows:

@@ -52,7 +52,7 @@ from PIL import Image
 from pydantic import Field
 from torch import nn
 
-from bigmodel.data.records import Records
+from bigmodel.data.records import MarkedRecords, Records, evenly_spaced
 from bigmodel.data.values import class_name
 from bigmodel.errors import DataError, RecipeError, UserError, did_you_mean
 from bigmodel.evaluation.generation import frechet_distance, gaussian_from_sums, recognition_report
@@ -226,35 +226,6 @@ def _seed(*parts: int) -> int:
 # --- evaluation splits: which examples are sampled ---------------------------------------------------
 
 
-class _EvalRecords(Records):
-    """A held-out split whose rows also carry ``_eval = (position, judged split, sample this one)``: the
-    position seeds the example's evaluation noise and its sample."""
-
-    def __init__(self, base: Records, judged: bool, sampled: set[int]):
-        super().__init__()
-        self.base, self.judged, self.sampled = base, judged, sampled
-        self.columns, self.where, self.fingerprint = list(base.columns), base.where, base.fingerprint
-
-    def _row(self, i: int) -> dict:
-        return {**self.base[i], "_eval": (i, self.judged, i in self.sampled)}
-
-    def _column(self, name: str):
-        return self.base.column(name)
-
-    def _size(self) -> int:
-        return len(self.base)
-
-    def row_number(self, i: int) -> int:
-        return self.base.row_number(int(i) if self._indices is None else int(self._indices[i]))
-
-
-def _evenly_spaced(total: int, n: int) -> np.ndarray:
-    """``min(n, total)`` evenly spaced positions of ``range(total)``, first and last included."""
-    if total <= 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.unique(np.linspace(0, total - 1, num=min(n, total)).round().astype(np.int64))
-
-
 # --- the task -----------------------------------------------------------------------------------------
 
 
@@ -324,10 +295,10 @@ class ImageGenerationTask(ImageTask):
             return records
         n = self.options.eval_examples
         if n is not None and n < len(records):
-            records = records.select(_evenly_spaced(len(records), n))
+            records = records.select(evenly_spaced(len(records), n))
         judged = self.options.judge is not None and split in self.options.judge_splits
-        sampled = set(_evenly_spaced(len(records), self.options.judge_samples).tolist()) if judged else set()
-        return _EvalRecords(records, judged, sampled)
+        sampled = set(evenly_spaced(len(records), self.options.judge_samples).tolist()) if judged else set()
+        return MarkedRecords(records, "_eval", [(i, judged, i in sampled) for i in range(len(records))])
 
     def strata(self, records: Records):
         label = self.data.get("label") or "label"

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from bigmodel.data.records import Records
+from bigmodel.data.records import Records, evenly_spaced
 from bigmodel.data.tokenizer_training import TOKENIZER_KINDS
 from bigmodel.data.tokenizers import TextTokenizer, TokenizerError, pad_batch
 from bigmodel.errors import DataError, RecipeError, UserError
@@ -181,9 +181,9 @@ class Seq2SeqTask(TextTask):
         if split == "train":
             return records
         if self.options.eval_examples is not None and self.options.eval_examples < len(records):
-            records = records.select(_evenly_spaced(len(records), self.options.eval_examples))
+            records = records.select(evenly_spaced(len(records), self.options.eval_examples))
         n = self.options.eval_generate
-        rows = range(len(records)) if n is None else _evenly_spaced(len(records), n)
+        rows = range(len(records)) if n is None else evenly_spaced(len(records), n)
         chosen = {records[int(i)][source] for i in rows}
         self._generate_for = (self._generate_for or set()) | chosen
         return records
@@ -395,13 +395,6 @@ class Seq2SeqTask(TextTask):
             {"source": s, "translation": t}
             for s, t in zip(batch["sources"], self.translate(model, batch), strict=True)
         ]
-
-
-def _evenly_spaced(total: int, n: int) -> np.ndarray:
-    """``min(n, total)`` evenly spaced indices of ``range(total)``, first and last included."""
-    if n <= 0 or total <= 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.unique(np.linspace(0, total - 1, num=min(n, total)).round().astype(np.int64))
 
 
 class Seq2SeqMetric(Metric):

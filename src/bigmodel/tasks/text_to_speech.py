@@ -41,7 +41,7 @@ from bigmodel.data.asterisk import normalize_transcript
 from bigmodel.data.audio import Waveform
 from bigmodel.data.audio_features import features
 from bigmodel.data.loader import to_device
-from bigmodel.data.records import Records
+from bigmodel.data.records import MarkedRecords, Records, evenly_spaced
 from bigmodel.data.vocoders import TTS_MEL, load_vocoder
 from bigmodel.errors import DataError, RecipeError, UserError, did_you_mean
 from bigmodel.models.registry import build_config
@@ -143,33 +143,6 @@ class TTSOutputs(NamedTuple):
 # --- evaluation splits: which examples are judged ----------------------------------------------------
 
 
-class _JudgedRecords(Records):
-    """A held-out split whose rows carry ``_judged`` (synthesise and judge this one)."""
-
-    def __init__(self, base: Records, judged: set[int]):
-        super().__init__()
-        self.base, self.judged = base, judged
-        self.columns, self.where, self.fingerprint = list(base.columns), base.where, base.fingerprint
-
-    def _row(self, i: int) -> dict:
-        return {**self.base[i], "_judged": i in self.judged}
-
-    def _column(self, name: str):
-        return self.base.column(name)
-
-    def _size(self) -> int:
-        return len(self.base)
-
-    def row_number(self, i: int) -> int:
-        return self.base.row_number(int(i) if self._indices is None else int(self._indices[i]))
-
-
-def _evenly_spaced(total: int, n: int) -> list[int]:
-    if total <= 0:
-        return []
-    return sorted(set(np.linspace(0, total - 1, num=min(n, total)).round().astype(int).tolist()))
-
-
 # --- the task -----------------------------------------------------------------------------------------
 
 
@@ -214,8 +187,8 @@ class TextToSpeechTask(AudioTask):
         if split == "train":
             return records
         judged = self.options.recogniser is not None and split in self.options.judge_splits
-        picks = set(_evenly_spaced(len(records), self.options.judge_samples)) if judged else set()
-        return _JudgedRecords(records, picks)
+        picks = set(evenly_spaced(len(records), self.options.judge_samples).tolist()) if judged else set()
+        return MarkedRecords(records, "_judged", [i in picks for i in range(len(records))])
 
     def text_column(self, records: Records | None = None) -> str:
         if self.data.get("label"):
@@ -272,7 +245,7 @@ class TextToSpeechTask(AudioTask):
             self.audio_spec["mean"], self.audio_spec["std"] = self._measure(train)
 
     def _measure(self, train: Records) -> tuple[list[float], list[float]]:
-        picks = _evenly_spaced(len(train), STATS_SAMPLE)
+        picks = evenly_spaced(len(train), STATS_SAMPLE)
         total = torch.zeros(TTS_MEL.n_mels, dtype=torch.float64)
         squares, count = torch.zeros_like(total), 0
         for i in picks:
