@@ -184,7 +184,7 @@ def test_a_transcript_longer_than_its_clip_is_refused_before_training():
     task.validate(unseen, "validation")
     assert "characters not in the train vocabulary ('c')" in task.notes()[-1]
     assert task.encode(unseen[0], None)["y"].tolist() == [1, 2]  # "c" left out of the target only
-    with pytest.raises(DataError, match=r"row .*column 'text': expected the transcript text, got None"):
+    with pytest.raises(DataError, match=r"row .*column 'text': expected the text, got NoneType None"):
         task.validate(ColumnRecords({"audio": [records[0]["audio"]], "text": [None]}, "x.csv"), "test")
 
 

@@ -2,7 +2,8 @@
 in the same resampling pass), waveform augmentation from the example RNG (time shift, noise from
 recordings or white), the base64 audio field of ``input_schema``, and ``parse`` of clips as users have
 them (files, bytes, arrays, records, manifests). ``audio_classification`` and ``speech_recognition``
-build on it; each keeps its own fitting, features, batches, head and metric.
+build on it; each keeps its own fitting, features, batches, head and metric. ``Transcribed`` is what
+tasks pairing clips with their text share (``speech_recognition``, ``text_to_speech``).
 
 A subclass sets ``self.audio_spec`` (at least ``sample_rate``) when it fits, and has ``options.resample``
 and ``options.augment`` (:class:`~bigmodel.tasks.audio_classification.AudioAugmentOptions`).
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bigmodel.data.asterisk import normalize_transcript
 from bigmodel.data.audio import (
     AUDIO_SUFFIXES,
     PATH_COLUMNS,
@@ -26,8 +28,11 @@ from bigmodel.data.audio import (
 )
 from bigmodel.data.audio_features import FeatureSpec
 from bigmodel.data.audio_transforms import add_noise, time_shift
-from bigmodel.errors import DataError, RecipeError
+from bigmodel.data.records import Records
+from bigmodel.errors import DataError, RecipeError, did_you_mean
 from bigmodel.tasks.base import Task, is_data_file, read_inputs
+
+TEXT_COLUMNS = ("text", "transcript", "sentence")  # where the text is looked for without data.label
 
 
 class AudioTask(Task):
@@ -170,3 +175,42 @@ def _resolved(record: dict, column: str, base: Path) -> dict:
 def _input_name(i: int, n: int) -> str:
     """How messages name an input (a file's messages add its path)."""
     return "inputs" if n == 1 else f"inputs: clip {i + 1}"
+
+
+class Transcribed:
+    """The text column of clips paired with their text (``data.label``, or the first of ``TEXT_COLUMNS``
+    the train split has; fitted into ``text_column_name``), its normalisation (``task.text_normalize``:
+    ``basic`` = the Asterisk transcripts' lower-case letters, digits, apostrophes and spaces) and the
+    split's texts checked row by row (``checked_text``, which a task may make stricter)."""
+
+    text_column_name = "text"
+
+    def text_column(self, records: Records | None = None) -> str:
+        if self.data.get("label"):
+            return self.data["label"]
+        if records is not None:
+            return next((c for c in TEXT_COLUMNS if c in records.columns), "text")
+        return self.text_column_name
+
+    def normalize(self, text: str) -> str:
+        return normalize_transcript(text) if self.options.text_normalize == "basic" else text
+
+    def texts(self, records: Records, split: str) -> list[str]:
+        """The split's normalised texts; a missing column or a bad value refused naming its row."""
+        column = self.text_column(records)
+        if column not in records.columns:
+            raise DataError(
+                f"data.label: column '{column}' (the text) is not in {records.where}. Columns: "
+                f"{', '.join(records.columns)}.{did_you_mean(column, records.columns)}"
+            )
+        return [
+            self.checked_text(
+                value, f"{records.where} ({split} split), row {records.row_number(i)}, column '{column}'"
+            )
+            for i, value in enumerate(records.column(column))
+        ]
+
+    def checked_text(self, value, where: str) -> str:
+        if not isinstance(value, str):
+            raise DataError(f"{where}: expected the text, got {type(value).__name__} {value!r:.40}.")
+        return self.normalize(value)

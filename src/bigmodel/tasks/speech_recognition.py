@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from bigmodel.data.asterisk import normalize_transcript
 from bigmodel.data.audio_features import FeatureSpec, features
 from bigmodel.data.audio_transforms import spec_augment, speed_factor
 from bigmodel.data.records import Records
 from bigmodel.errors import DataError, RecipeError, UserError, did_you_mean
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.audio import AudioTask
+from bigmodel.tasks.audio import AudioTask, Transcribed
 from bigmodel.tasks.audio_classification import AudioAugmentOptions, FeatureOptions
 from bigmodel.tasks.base import (
     ExportSignature,
@@ -53,7 +52,6 @@ def soundfile_info(path):
 
 
 STATS_SAMPLE = 2000  # clips the per-band mean/std is measured on (evenly spaced over train)
-TEXT_COLUMNS = ("text", "transcript", "sentence")  # where a transcript is looked for without data.label
 
 
 class SpeechRecognitionOptions(BaseModel):
@@ -196,7 +194,7 @@ class CTCModel(nn.Module):
 # --- the task ----------------------------------------------------------------------------------------
 
 
-class SpeechRecognitionTask(AudioTask):
+class SpeechRecognitionTask(Transcribed, AudioTask):
     """Character-level CTC speech recognition; see the module docstring."""
 
     name = "speech_recognition"
@@ -210,14 +208,6 @@ class SpeechRecognitionTask(AudioTask):
         self.vocabulary: list[str] = []  # characters; id = position + 1 (0 is the blank)
         self._index: dict[str, int] = {}
         self._notes: list[str] = []
-        self.transcript_column = "text"  # fitted: data.label, or the first of TEXT_COLUMNS train has
-
-    def text_column(self, records: Records | None = None) -> str:
-        if self.data.get("label"):
-            return self.data["label"]
-        if records is not None:
-            return next((c for c in TEXT_COLUMNS if c in records.columns), "text")
-        return self.transcript_column
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -226,9 +216,6 @@ class SpeechRecognitionTask(AudioTask):
     @property
     def num_outputs(self) -> int:
         return len(self.vocabulary) + 1
-
-    def normalize(self, text: str) -> str:
-        return normalize_transcript(text) if self.options.text_normalize == "basic" else text
 
     # -- recipe and fitting -------------------------------------------------------------------------
 
@@ -253,28 +240,10 @@ class SpeechRecognitionTask(AudioTask):
     def notes(self) -> list[str]:
         return list(self._notes)
 
-    def _texts(self, records: Records, split: str) -> list[str]:
-        """The split's normalised transcripts; a missing or non-text one refused naming its row."""
-        column = self.text_column(records)
-        if column not in records.columns:
-            raise DataError(
-                f"data.label: transcript column '{column}' is not in {records.where}. Columns: "
-                f"{', '.join(records.columns)}.{did_you_mean(column, records.columns)}"
-            )
-        texts = []
-        for i, value in enumerate(records.column(column)):
-            if not isinstance(value, str):
-                raise DataError(
-                    f"{records.where} ({split} split), row {records.row_number(i)}, column '{column}': "
-                    f"expected the transcript text, got {value!r}."
-                )
-            texts.append(self.normalize(value))
-        return texts
-
     def fit(self, train: Records) -> None:
         self._require_audio_column(train)
-        self.transcript_column = self.text_column(train)
-        texts = self._texts(train, "train")
+        self.text_column_name = self.text_column(train)
+        texts = self.texts(train, "train")
         self.vocabulary = sorted(set("".join(texts)))
         if not self.vocabulary:
             raise DataError(f"{train.where} (train split): every transcript is empty; nothing to learn.")
@@ -306,7 +275,7 @@ class SpeechRecognitionTask(AudioTask):
         """Every clip decodes, and every transcript fits in its clip's output frames: CTC needs a frame
         per character plus one blank between repeated characters (checked before the run starts)."""
         self._require_audio_column(records)
-        texts = self._texts(records, split)
+        texts = self.texts(records, split)
         unseen: set[str] = set()
         spec, rate = self.feature_spec, self.audio_spec["sample_rate"]
         for i, text in enumerate(texts):
@@ -345,7 +314,7 @@ class SpeechRecognitionTask(AudioTask):
             **super().state(),
             "audio": self.audio_spec,
             "vocabulary": self.vocabulary,
-            "transcript_column": self.transcript_column,
+            "transcript_column": self.text_column_name,
         }
 
     @classmethod
@@ -362,7 +331,7 @@ class SpeechRecognitionTask(AudioTask):
         except (TypeError, DataError) as exc:
             raise DataError(f"task.json: audio.features: {exc}") from None
         task.audio_spec, task.vocabulary = spec, list(vocabulary)
-        task.transcript_column = state["transcript_column"]
+        task.text_column_name = state["transcript_column"]
         task._index = {c: i + 1 for i, c in enumerate(task.vocabulary)}
         return task
 

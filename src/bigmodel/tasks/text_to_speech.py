@@ -37,7 +37,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from bigmodel.data.asterisk import normalize_transcript
 from bigmodel.data.audio import Waveform
 from bigmodel.data.audio_features import features
 from bigmodel.data.loader import to_device
@@ -45,11 +44,10 @@ from bigmodel.data.records import MarkedRecords, Records, evenly_spaced
 from bigmodel.data.vocoders import TTS_MEL, load_vocoder
 from bigmodel.errors import DataError, RecipeError, UserError, did_you_mean
 from bigmodel.models.registry import build_config
-from bigmodel.tasks.audio import AudioTask
+from bigmodel.tasks.audio import AudioTask, Transcribed
 from bigmodel.tasks.base import FILE_SCHEMES, Metric, is_data_file, number_field, read_inputs, record_schema
 from bigmodel.tasks.speech_recognition import edit_distance
 
-TEXT_COLUMNS = ("text", "transcript", "sentence")
 STATS_SAMPLE = 2000  # clips the per-band mean/std is measured on (evenly spaced over train)
 SPEED_RANGE = (0.25, 4.0)
 # A request's speaking rate. Not "speed": data sets name their voices' words per minute so
@@ -146,7 +144,7 @@ class TTSOutputs(NamedTuple):
 # --- the task -----------------------------------------------------------------------------------------
 
 
-class TextToSpeechTask(AudioTask):
+class TextToSpeechTask(Transcribed, AudioTask):
     """Text -> speech with a ``fastspeech`` acoustic model and a vocoder (see the module docstring)."""
 
     name = "text_to_speech"
@@ -159,7 +157,6 @@ class TextToSpeechTask(AudioTask):
         super().__init__(options, data)
         self.vocabulary: list[str] = []
         self._index: dict[str, int] = {}
-        self.text_column_name = "text"
         self._judge = None  # (model, task) of the recogniser, once opened
         self._vocoder = None
 
@@ -190,29 +187,6 @@ class TextToSpeechTask(AudioTask):
         picks = set(evenly_spaced(len(records), self.options.judge_samples).tolist()) if judged else set()
         return MarkedRecords(records, "_judged", [i in picks for i in range(len(records))])
 
-    def text_column(self, records: Records | None = None) -> str:
-        if self.data.get("label"):
-            return self.data["label"]
-        if records is not None:
-            return next((c for c in TEXT_COLUMNS if c in records.columns), "text")
-        return self.text_column_name
-
-    def normalize(self, text: str) -> str:
-        return normalize_transcript(text) if self.options.text_normalize == "basic" else text
-
-    def _texts(self, records: Records, split: str) -> list[str]:
-        column = self.text_column(records)
-        if column not in records.columns:
-            raise DataError(
-                f"data.label: column '{column}' (the text) is not in {records.where}. Columns: "
-                f"{', '.join(records.columns)}.{did_you_mean(column, records.columns)}"
-            )
-        texts = []
-        for i, value in enumerate(records.column(column)):
-            where = f"{records.where} ({split} split), row {records.row_number(i)}, column '{column}'"
-            texts.append(self.checked_text(value, where))
-        return texts
-
     def checked_text(self, value, where: str) -> str:
         """The normalised text, or a DataError: not a string, empty, or longer than ``max_text_length``."""
         if not isinstance(value, str):
@@ -232,7 +206,7 @@ class TextToSpeechTask(AudioTask):
     def fit(self, train: Records) -> None:
         self._require_audio(train)
         self.text_column_name = self.text_column(train)
-        texts = self._texts(train, "train")
+        texts = self.texts(train, "train")
         symbols = self.options.symbols
         self.vocabulary = sorted(set(symbols if symbols is not None else "".join(texts)))
         if not self.vocabulary:
@@ -262,7 +236,7 @@ class TextToSpeechTask(AudioTask):
         """Every text is spelled with the vocabulary and every clip decodes with at least as many frames
         as its text has characters (the alignment gives each character a frame)."""
         self._require_audio(records)
-        for i, text in enumerate(self._texts(records, split)):
+        for i, text in enumerate(self.texts(records, split)):
             where = f"{records.where} ({split} split), row {records.row_number(i)}"
             ids = self.symbol_ids(text, where)
             frames = TTS_MEL.frames(self.load(records[i], where).shape[-1])
