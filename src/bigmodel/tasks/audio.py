@@ -26,13 +26,14 @@ from bigmodel.data.audio import (
     load_audio,
     resample,
 )
-from bigmodel.data.audio_features import FeatureSpec
+from bigmodel.data.audio_features import FeatureSpec, features
 from bigmodel.data.audio_transforms import add_noise, time_shift
-from bigmodel.data.records import Records
+from bigmodel.data.records import Records, evenly_spaced
 from bigmodel.errors import DataError, RecipeError, did_you_mean
 from bigmodel.tasks.base import Task, is_data_file, read_inputs
 
 TEXT_COLUMNS = ("text", "transcript", "sentence")  # where the text is looked for without data.label
+STATS_SAMPLE = 2000  # clips the per-band mean/std is measured on (evenly spaced over train)
 
 
 class AudioTask(Task):
@@ -74,6 +75,21 @@ class AudioTask(Task):
                                n_mfcc=f.n_mfcc)  # fmt: skip
         except DataError as exc:
             raise RecipeError(f"task.features: {exc}".replace("audio features: ", "")) from None
+
+    def band_statistics(self, train: Records, spec: FeatureSpec) -> tuple[list[float], list[float]]:
+        """Per-band mean and std of ``spec``'s features over up to STATS_SAMPLE train clips (unaugmented,
+        as evaluation sees them): the normalisation ``task.normalize: dataset`` fits."""
+        total = torch.zeros(spec.num_features, dtype=torch.float64)
+        squares, count = torch.zeros_like(total), 0
+        for i in evenly_spaced(len(train), STATS_SAMPLE):
+            wave = self.load(train[i], f"{train.where} (train split), row {train.row_number(i)}")
+            x = features(wave, spec).double()  # (bands, frames)
+            total += x.sum(dim=1)
+            squares += (x * x).sum(dim=1)
+            count += x.shape[1]
+        mean = total / count
+        std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
+        return mean.tolist(), std.tolist()
 
     def augment_wave(self, wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         aug, rate = self.options.augment, self.audio_spec["sample_rate"]

@@ -51,9 +51,6 @@ def soundfile_info(path):
     return soundfile.info(str(path))
 
 
-STATS_SAMPLE = 2000  # clips the per-band mean/std is measured on (evenly spaced over train)
-
-
 class SpeechRecognitionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sample_rate: int = Field(16000, ge=1000, le=384000, description="Hz every clip is resampled to")
@@ -254,22 +251,7 @@ class SpeechRecognitionTask(Transcribed, AudioTask):
         self.audio_spec = {"sample_rate": rate, "features": spec.to_dict(), "mean": [0.0] * n,
                            "std": [1.0] * n, "pad": [0.0] * n}  # fmt: skip
         if self.options.normalize == "dataset":
-            self.audio_spec["mean"], self.audio_spec["std"] = self._measure(train, spec)
-
-    def _measure(self, train: Records, spec: FeatureSpec) -> tuple[list[float], list[float]]:
-        picks = np.unique(np.linspace(0, len(train) - 1, min(len(train), STATS_SAMPLE)).round().astype(int))
-        total = torch.zeros(spec.num_features, dtype=torch.float64)
-        squares = torch.zeros_like(total)
-        count = 0
-        for i in picks:
-            wave = self.load(train[int(i)], f"{train.where} (train split), row {train.row_number(int(i))}")
-            x = features(wave, spec).double()  # (F, frames)
-            total += x.sum(dim=1)
-            squares += (x * x).sum(dim=1)
-            count += x.shape[1]
-        mean = total / count
-        std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
-        return mean.tolist(), std.tolist()
+            self.audio_spec["mean"], self.audio_spec["std"] = self.band_statistics(train, spec)
 
     def validate(self, records: Records, split: str) -> None:
         """Every clip decodes, and every transcript fits in its clip's output frames: CTC needs a frame

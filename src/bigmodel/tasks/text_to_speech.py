@@ -48,7 +48,6 @@ from bigmodel.tasks.audio import AudioTask, Transcribed
 from bigmodel.tasks.base import FILE_SCHEMES, Metric, is_data_file, number_field, read_inputs, record_schema
 from bigmodel.tasks.speech_recognition import edit_distance
 
-STATS_SAMPLE = 2000  # clips the per-band mean/std is measured on (evenly spaced over train)
 SPEED_RANGE = (0.25, 4.0)
 # A request's speaking rate. Not "speed": data sets name their voices' words per minute so
 # (builtin:digit-phrases-tts has speed 160), and a record is never read as a request by accident.
@@ -216,21 +215,7 @@ class TextToSpeechTask(Transcribed, AudioTask):
         self.audio_spec = {"sample_rate": TTS_MEL.sample_rate, "features": TTS_MEL.to_dict(),
                            "mean": [0.0] * n, "std": [1.0] * n}  # fmt: skip
         if self.options.normalize == "dataset":
-            self.audio_spec["mean"], self.audio_spec["std"] = self._measure(train)
-
-    def _measure(self, train: Records) -> tuple[list[float], list[float]]:
-        picks = evenly_spaced(len(train), STATS_SAMPLE)
-        total = torch.zeros(TTS_MEL.n_mels, dtype=torch.float64)
-        squares, count = torch.zeros_like(total), 0
-        for i in picks:
-            wave = self.load(train[i], f"{train.where} (train split), row {train.row_number(i)}")
-            x = features(wave, TTS_MEL).double()  # (n_mels, frames)
-            total += x.sum(dim=1)
-            squares += (x * x).sum(dim=1)
-            count += x.shape[1]
-        mean = total / count
-        std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
-        return mean.tolist(), std.tolist()
+            self.audio_spec["mean"], self.audio_spec["std"] = self.band_statistics(train, TTS_MEL)
 
     def validate(self, records: Records, split: str) -> None:
         """Every text is spelled with the vocabulary and every clip decodes with at least as many frames
