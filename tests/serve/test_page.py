@@ -522,6 +522,16 @@ def test_predictions_of_other_tasks_render_readably(blank_page, open_page):
     assert body.locator("figure img").evaluate("img => img.complete && img.naturalWidth") == 2
     assert body.locator(".bars .bar-value").all_inner_texts() == ["50.0 %", "50.0 %"]
 
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+        out.writeframes(np.zeros(1600, dtype="<i2").tobytes())
+    speech = "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode()
+    body = render({"text": "three one four", "audio": speech, "seconds": 0.1}, {})
+    sync_api.expect(body.locator("figure audio")).to_have_attribute("src", speech)
+    sync_api.expect(body.locator("figure figcaption")).to_have_text("audio")
+    assert "… (" in body.locator("pre.json").inner_text()  # the data URL is shortened in the raw JSON
+
     body = render({"same": False, "score": 0.125, "threshold": 0.5}, {})
     sync_api.expect(body.locator(".headline")).to_contain_text("Different people")
     sync_api.expect(body.locator(".headline")).to_contain_text("threshold 0.5000")

@@ -872,6 +872,10 @@
     return typeof value === "string" && value.startsWith("data:image/");
   }
 
+  function isAudio(value) {
+    return typeof value === "string" && value.startsWith("data:audio/");
+  }
+
   function renderPrediction(p, record) {
     const parts = [];
     const shown = new Set(); // keys drawn above the raw JSON
@@ -947,12 +951,18 @@
       })));
       images.forEach(([key]) => shown.add(key));
     }
+    const sounds = Object.entries(p).filter(([, value]) => isAudio(value));
+    sounds.forEach(([key, src]) => {
+      parts.push(el("figure", {}, el("audio", { src, controls: true, "aria-label": `${key} returned by the model` }),
+        el("figcaption", {}, key)));
+      shown.add(key);
+    });
     if (Array.isArray(p.boxes)) {
       parts.push(p.boxes.length ? boxTable(p.boxes) : el("p", { class: "muted" }, "Nothing detected."));
       shown.add("boxes");
     }
 
-    const rest = JSON.stringify(p, (key, value) => (isImage(value) ? `${value.slice(0, 40)}… (${value.length} characters)` : value), 2);
+    const rest = JSON.stringify(p, (key, value) => (isImage(value) || isAudio(value) ? `${value.slice(0, 40)}… (${value.length} characters)` : value), 2);
     const unshown = Object.keys(p).some((k) => !shown.has(k));
     if (!parts.length) parts.push(el("pre", { class: "json" }, rest));
     else parts.push(el("details", { class: "raw", open: unshown && !images.length ? true : null },
