@@ -695,13 +695,10 @@ def _finetune(model: nn.Module, ctx, options: Finetune) -> None:
         raise RecipeError(
             f"{ctx.where('quantize')}.method: qat_int8 trains on the train split, which is empty."
         )
-    train = ctx.recipe.train
-    update = {"epochs": options.epochs, "max_steps": None}
-    if options.lr is not None:
-        update["optimizer"] = train.optimizer.model_copy(update={"lr": options.lr})
     folder = ctx.folder / "finetune"
-    fit(model, ctx.task, ctx.splits["train"], ctx.splits.get("validation"), train.model_copy(update=update),
-        run_dir=folder, seed=ctx.seed, show_progress=ctx.progress)  # fmt: skip
+    cfg = options.train_config(ctx.recipe.train)
+    fit(model, ctx.task, ctx.splits["train"], ctx.splits.get("validation"), cfg, run_dir=folder,
+        seed=ctx.seed, show_progress=ctx.progress)  # fmt: skip
     finish_train_state(folder, "none")
 
 
