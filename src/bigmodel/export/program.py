@@ -114,6 +114,10 @@ def capture(
         # On failure torch.export prints the partial graph to stderr; the error below says what matters.
         specs_seen: list[pytree.TreeSpec] = []
         positional = Positional(module, lambda spec: specs_seen.append(spec))
+        # A fresh compiler cache: torch's scan (the rnn family's export path) goes through dynamo, and
+        # state left by an earlier export made the next one specialise its lengths (an ONNX export of
+        # gru-tiny, then torch.export of lstm-tiny: "specialized it to be a constant (7)").
+        torch._dynamo.reset()
         with eval_mode(module), quiet(), trace_context(), contextlib.redirect_stderr(io.StringIO()):
             program = torch.export.export(
                 positional, tuple(inputs.values()), dynamic_shapes=(specs,), strict=False
