@@ -286,18 +286,17 @@ def serve(
     /v1/model, /healthz, /readyz, /metrics, and a web page at / to try the model."""
     from bigmodel.export.runtime import is_export_folder
     from bigmodel.pipeline import load
-    from bigmodel.serve import Predictor, ServeSettings, build_card, load_api_keys
+    from bigmodel.serve import ServeSettings, build_card, load_api_keys
     from bigmodel.serve import serve as run_server
 
     settings = ServeSettings(
         host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
         timeout_s=timeout_s, max_body_bytes=int(max_body_mb * 2**20), api_keys=load_api_keys(api_key_file),
     )  # fmt: skip
-    if is_export_folder(run):  # the graph in ONNX Runtime or a loaded program; its card has no metrics
-        predictor = Predictor.from_export(run)
+    predictor = load(run)  # an export folder: its graph in ONNX Runtime or a loaded program
+    if is_export_folder(run):  # no run directory behind it: a card without metrics
         card = {**build_card(None), "run": Path(run).name}
     else:
-        predictor = load(run)
         card = build_card(Path(run) if Path(run).is_dir() else None, predictor.model)
     run_server(predictor, card, settings)
 
