@@ -201,6 +201,31 @@ def test_evaluate_refuses_changed_data_and_non_runs(tmp_path):
         bigmodel.evaluate(tmp_path)
 
 
+def test_evaluate_on_another_source_records_it_beside_the_splits(tmp_path):
+    csv_path = write_wine_csv(tmp_path / "wine.csv")
+    run = bigmodel.train(
+        "tabular-csv", output=tmp_path / "runs", progress=False, **{"data.source": f"csv:{csv_path}"}
+    )
+    rows = csv_path.read_text().splitlines()
+    other = tmp_path / "other.csv"  # a table the run never opened: every 3rd row, shuffled in order
+    other.write_text("\n".join([rows[0], *rows[1::3][::-1]]) + "\n")
+    metrics = bigmodel.evaluate(run, data=f"csv:{other}")
+    key = f"csv:{other} (all)"
+    report = json.loads((run.path / "eval.json").read_text())
+    assert set(report) == {"validation", "test", key}  # the run's own splits are untouched
+    assert np.asarray(metrics["confusion_matrix"]).sum() == len(rows[1::3])
+    predicted = [r["label"] for r in bigmodel.load(run).predict(other)]
+    truth = [line.rsplit(",", 1)[1] for line in rows[1::3][::-1]]
+    assert metrics["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+    with pytest.raises(DataError, match=r"--split validation: .* one table with no splits; --split test"):
+        bigmodel.evaluate(run, split="validation", data=f"csv:{other}")
+    with pytest.raises(RecipeError, match="data.source"):
+        bigmodel.evaluate(run, data="nosuchscheme:x")
+    with pytest.raises(DataError, match="file not found"):
+        bigmodel.evaluate(run, data=f"csv:{tmp_path / 'missing.csv'}")
+    assert set(json.loads((run.path / "eval.json").read_text())) == {"validation", "test", key}
+
+
 def test_early_stopping_without_validation_split_is_refused():
     with pytest.raises(RecipeError, match=r"train.early_stopping.*data.split.validation is 0"):
         bigmodel.load_recipe("digits-mlp", **{"data.split.validation": 0})

@@ -54,13 +54,16 @@ def train(recipe, output="runs", resume=None, progress=True, **overrides):
     return _train(recipe, output=output, resume=resume, progress=progress, **overrides)
 
 
-def evaluate(run, split="test", model=None):
-    """Evaluate a trained run on one split of its data; also recorded in the run's ``eval.json``.
+def evaluate(run, split="test", model=None, data=None):
+    """Evaluate a trained run on one split of its data, or on another source; also recorded in the
+    run's ``eval.json`` (another source's metrics under ``"SOURCE (split)"``).
 
     Args:
         run: a Run or a run directory.
         split: ``train``, ``validation`` or ``test``.
         model: your own module, for a run made by :func:`fit` on one.
+        data: another source with the columns the run's recipe names (``builtin:NAME``,
+            ``csv:FILE``, ``audio:FOLDER``...): its own ``split`` if it has splits, else all of it.
 
     Returns:
         dict: accuracy, macro precision/recall/F1, per-class table and confusion matrix
@@ -68,7 +71,7 @@ def evaluate(run, split="test", model=None):
     """
     from bigmodel.pipeline import evaluate as _evaluate
 
-    return _evaluate(run, split, model=model)
+    return _evaluate(run, split, model=model, data=data)
 
 
 def __getattr__(name: str):

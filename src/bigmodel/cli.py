@@ -104,12 +104,20 @@ def plan(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run directory.")],
     split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    data: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Another source with the recipe's columns (builtin:NAME, audio:FOLDER, csv:FILE...): "
+            "its own split if it has splits, else all of it."
+        ),
+    ] = None,
 ):
-    """Evaluate a trained run on one split; writes it into the run's eval.json."""
+    """Evaluate a trained run on one split of its data, or on another source; writes it into the run's
+    eval.json."""
     from bigmodel.pipeline import evaluate as run_evaluation
 
-    metrics = run_evaluation(run, split)
-    table = Table(title=f"{run} — {split}")
+    metrics = run_evaluation(run, split, data=data)
+    table = Table(title=f"{run} — {split if data is None else data}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():

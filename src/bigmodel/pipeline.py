@@ -24,7 +24,7 @@ from torch import nn
 from bigmodel import recipe as recipes
 from bigmodel.compress.lora import add_lora, lora_options, merge_lora
 from bigmodel.compress.stages import parse_stages, run_stages
-from bigmodel.data import SPLITS, ColumnRecords, Records, open_splits
+from bigmodel.data import SPLITS, ColumnRecords, Records, open_external, open_splits
 from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
 from bigmodel.evaluation.metrics import scalar_metrics
 from bigmodel.evaluation.report import write_report
@@ -516,8 +516,16 @@ def _qualified_name(module: nn.Module) -> str:
 # --- open a run: evaluate and predict ---------------------------------------------------------------
 
 
-def evaluate(run: Run | str | Path, split: str = "test", model: nn.Module | None = None) -> dict:
-    """Evaluate a trained run on one split of its own data and record it in ``eval.json``.
+def evaluate(
+    run: Run | str | Path, split: str = "test", model: nn.Module | None = None, data: str | None = None
+) -> dict:
+    """Evaluate a trained run on one split of its own data, or of another source, and record it in
+    ``eval.json``: under the split's name, or ``"SOURCE (split)"`` for another source.
+
+    Args:
+        data: another source (``builtin:NAME``, ``audio:FOLDER``, ``csv:FILE``...) with the columns
+            the run's recipe names: its own ``split`` if it has splits, else all of it — how the model
+            does on data from elsewhere (other voices, other recordings, another domain).
 
     Returns:
         The full metrics (scalars, per-class table and confusion matrix for classification).
@@ -528,9 +536,27 @@ def evaluate(run: Run | str | Path, split: str = "test", model: nn.Module | None
         )
     model, task, info = open_run(run, model=model)
     recipe, run_dir = info["recipe"], info["run_dir"]
+    if data is not None:
+        source = recipes.load_recipe(recipe, {"data.source": data}).data.source  # the schema checks it
+        records, part = open_external(source, split, recipe.data.subset)
+        records, key = task.clean(records, "test"), f"{source} ({part})"
+    else:
+        records, key = _own_split(recipe, task, info, split), split
+    device = resolve_device(recipe.train.device)
+    model.to(device)
+    metrics = evaluate_records(model, task, records, recipe.train.evaluation_batch_size, device)
+    path = run_dir / "eval.json"
+    report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    write_json(path, {**report, key: metrics})
+    update_manifest(run_dir, ["eval.json"])
+    return metrics
+
+
+def _own_split(recipe: Recipe, task, info: dict, split: str) -> Records:
+    """The run's own held-out ``split``, refused when the data changed since training."""
     if recipe.data.source.startswith("memory:"):
         raise RunDirError(
-            f"{run_dir}: trained on in-memory arrays (bigmodel.fit); its eval.json has its metrics."
+            f"{info['run_dir']}: trained on in-memory arrays (bigmodel.fit); its eval.json has its metrics."
         )
     splits, fingerprint = _open_data(recipe, task)
     if fingerprint != info["fingerprint"]:
@@ -542,14 +568,7 @@ def evaluate(run: Run | str | Path, split: str = "test", model: nn.Module | None
         raise RecipeError(
             f"--split {split}: this run's recipe holds out no {split} data (data.split.{split} = 0)."
         )
-    device = resolve_device(recipe.train.device)
-    model.to(device)
-    metrics = evaluate_records(model, task, splits[split], recipe.train.evaluation_batch_size, device)
-    path = run_dir / "eval.json"
-    report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    write_json(path, {**report, split: metrics})
-    update_manifest(run_dir, ["eval.json"])
-    return metrics
+    return splits[split]
 
 
 def export_pretrained(run: Run | str | Path, folder: str | Path | None = None) -> Path:

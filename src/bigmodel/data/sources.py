@@ -42,7 +42,7 @@ from bigmodel.data.images import read_idx_pair, read_image_folder
 from bigmodel.data.records import ColumnRecords, HFRecords, Records, records_from_rows
 from bigmodel.data.splits import split_indices
 from bigmodel.data.squad import read_squad_columns
-from bigmodel.errors import DataError
+from bigmodel.errors import DataError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation",
@@ -87,6 +87,32 @@ def load_source(source: str, subset: str | None = None) -> dict[str, Records]:
     if not columns or not len(next(iter(columns.values()))):
         raise DataError(f"{path}: no records found.")
     return {"data": ColumnRecords(columns, str(path), hashlib.sha256(data).hexdigest())}
+
+
+def open_external(source: str, split: str, subset: str | None = None) -> tuple[Records, str]:
+    """Records of another source to evaluate a trained run on, and which part they are.
+
+    The source's own ``split`` (a builtin's held-out voices, a Hugging Face test split) when it has
+    splits; a source that is one table (a file, a folder, a builtin without splits) is evaluated whole
+    for ``split="test"`` (``"all"``): none of it was seen in training, and carving a share of it would
+    waste the rest.
+    """
+    parts = {}
+    for name, records in load_source(source, subset).items():
+        parts.setdefault(_SPLIT_ALIASES.get(name, name), records)
+    if split in parts:
+        return parts[split], split
+    if len(parts) == 1 and split == "test":
+        ((_, records),) = parts.items()
+        return records, "all"
+    if len(parts) == 1:
+        raise DataError(
+            f"--split {split}: {source!r} is one table with no splits; --split test evaluates all of it."
+        )
+    raise DataError(
+        f"--split {split}: {source!r} has no {split} split; it has {', '.join(parts)}."
+        f"{did_you_mean(split, list(parts))}"
+    )
 
 
 def open_splits(
