@@ -262,6 +262,16 @@ BUILTINS: dict[str, Builtin] = {
         install="apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en",
         installed=lambda: importlib.import_module("bigmodel.data.asterisk").asterisk_installed(),
     ),
+    "pocketsphinx-speech": Builtin(
+        _reader("pocketsphinx", "read_pocketsphinx_speech"),
+        "Real human speech for an out-of-domain check, too little to train on: 5 LibriVox clips of a man "
+        "reading Sense and Sensibility and 5 spoken card names ('ten of clubs'), 16 kHz WAV with "
+        "transcripts, one table without splits (evaluate --data reads all of it). From the Debian package "
+        "pocketsphinx-testdata (BSD-2, CMU; LibriVox recordings are public domain).",
+        package="pocketsphinx-testdata (Debian)",
+        install="apt-get install pocketsphinx-testdata",
+        installed=lambda: importlib.import_module("bigmodel.data.pocketsphinx").pocketsphinx_installed(),
+    ),
     "tuxpaint-speech": Builtin(
         _reader("tuxpaint_speech", "read_tuxpaint_speech"),
         "Real recorded phrases for spoken-language identification: Tux Paint's stamp descriptions read by "

@@ -34,7 +34,7 @@ BUILTIN_DATASETS = (
     "digits", "iris", "wine", "breast_cancer", "diabetes", "wnut16-ner", "wnut16-qa", "tweet-sentiment",
     "shakespeare-lines", "shakespeare", "ptb", "kjv-rv1909", "srl-templates",
     "fashion-mnist", "scenes", "scene-objects", "nuclei", "orl-faces", "spoken-digits",
-    "asterisk-en", "tuxpaint-speech", "digit-phrases", "digit-phrases-tts",
+    "asterisk-en", "tuxpaint-speech", "digit-phrases", "digit-phrases-tts", "pocketsphinx-speech",
 )  # fmt: skip
 
 
