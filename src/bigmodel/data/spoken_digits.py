@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,10 +197,14 @@ def voice_name(clip: dict) -> str:
 
 
 def generate_clips(name: str, clips: list[dict], espeak: str, folder: Path, key: str, version: str,
-                   generator: int, progress: bool) -> None:  # fmt: skip
+                   generator: int, progress: bool, make: Callable[[dict, Path], None] | None = None,
+                   tool: str = "espeak") -> None:  # fmt: skip
     """Synthesise every clip (``file``, ``accent``, ``variant``, ``speed``, ``pitch`` and the text in
     ``text`` or ``word``) into a temporary folder renamed to ``folder`` when complete, with
-    ``clips.json`` recording each clip's SHA-256 and size."""
+    ``clips.json`` recording each clip's SHA-256 and size.
+
+    Another generator passes ``make(clip, path)``, which writes the clip's file (``espeak`` is then
+    unused), and ``tool``, the manifest's key for ``version``."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -210,12 +215,17 @@ def generate_clips(name: str, clips: list[dict], espeak: str, folder: Path, key:
     start, done, step = time.monotonic(), 0, max(1, len(clips) // 10)
     try:
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for clip, digest, size in pool.map(lambda c: _synthesise(espeak, c, work, name), clips):
+            write = (
+                (lambda c: _synthesise(espeak, c, work, name))
+                if make is None
+                else (lambda c: _made(make, c, work))
+            )
+            for clip, digest, size in pool.map(write, clips):
                 clip["sha256"], clip["bytes"] = digest, size
                 done += 1
                 if done % step == 0 or done == len(clips):
                     say(f"  {done:,}/{len(clips):,} clips ({time.monotonic() - start:.0f} s)")
-        manifest = {"name": name, "key": key, "espeak": version, "generator": generator, "clips": clips}
+        manifest = {"name": name, "key": key, tool: version, "generator": generator, "clips": clips}
         (work / "clips.json").write_text(json.dumps(manifest, indent=0))
         try:
             work.rename(folder)
@@ -226,6 +236,14 @@ def generate_clips(name: str, clips: list[dict], espeak: str, folder: Path, key:
         raise DataError(f"builtin:{name}: cannot write the cache folder '{folder}' ({exc}).") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _made(make: Callable[[dict, Path], None], clip: dict, work: Path) -> tuple[dict, str, int]:
+    path = work / clip["file"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make(clip, path)
+    data = path.read_bytes()
+    return clip, hashlib.sha256(data).hexdigest(), len(data)
 
 
 def _synthesise(espeak: str, clip: dict, work: Path, name: str) -> tuple[dict, str, int]:
@@ -251,7 +269,8 @@ def _synthesise(espeak: str, clip: dict, work: Path, name: str) -> tuple[dict, s
 
 def read_clips(name: str, folder: Path, columns: tuple[str, ...]) -> dict[str, ColumnRecords]:
     """A generated folder's clips as ``{split: records}`` with ``columns`` (``audio`` = the WAV's path,
-    ``voice`` = :func:`voice_name`, the rest from ``clips.json``); every file checked by size."""
+    ``voice`` = the clip's own or :func:`voice_name`, the rest from ``clips.json``); every file checked
+    by size."""
     text = (folder / "clips.json").read_text()
     try:
         clips = json.loads(text)["clips"]
@@ -269,7 +288,7 @@ def read_clips(name: str, folder: Path, columns: tuple[str, ...]) -> dict[str, C
                 f"builtin:{name}: the cached clip '{path}' is missing or changed; delete '{folder}' to "
                 "generate the set again."
             )
-        row = {**clip, "audio": str(path), "voice": voice_name(clip)}
+        row = {"voice": voice_name(clip) if "accent" in clip else None, **clip, "audio": str(path)}
         split = splits.setdefault(clip["split"], {c: [] for c in columns})
         for c in columns:
             split[c].append(row[c])
