@@ -35,6 +35,7 @@ BUILTIN_DATASETS = (
     "shakespeare-lines", "shakespeare", "ptb", "kjv-rv1909", "srl-templates",
     "fashion-mnist", "scenes", "scene-objects", "nuclei", "orl-faces", "spoken-digits",
     "asterisk-en", "tuxpaint-speech", "digit-phrases", "digit-phrases-tts", "pocketsphinx-speech",
+    "spoken-digits-noisy",
 )  # fmt: skip
 
 
