@@ -26,6 +26,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+SET_HELP = (
+    "NAME=VALUE: a task option that changes only what predict returns (repeatable), e.g. draw=true, "
+    "temperature=0, top_k=3, decode=beam; the task's error lists those it has."
+)
 
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Parent folder for run directories.")]
 
@@ -151,13 +155,15 @@ def predict(
             help="Folder for the images and audio a prediction holds (masks, drawn boxes, samples, speech).",
         ),
     ] = None,
+    options: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,  # noqa: UP045
 ):
     """Predict every row of a file (or every image given, or texts for text-to-speech); prints one JSON
     object per example. Images a prediction holds are written as PNG files, speech as WAV files (default
     folder: ./predictions), and named in the JSON."""
     from bigmodel.pipeline import load
+    from bigmodel.recipe import parse_overrides
 
-    predictor = load(run)
+    predictor = load(run, options=parse_overrides(options or []))
     predictions = predictor.predict(inputs[0] if len(inputs) == 1 else inputs)
     predictions = _save_images(predictions, images or Path("predictions"))
     try:  # strict JSON: the predictor refuses non-finite outputs; this is the last line of defence
@@ -289,11 +295,13 @@ def serve(
         Optional[Path],  # noqa: UP045
         typer.Option(help="A file of API keys, one per line (or set BIGMODEL_API_KEYS=key1,key2)."),
     ] = None,
+    options: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,  # noqa: UP045
 ):
     """Serve a trained run over HTTP: POST /v1/predict (micro-batched), /v1/generate (streamed), GET
     /v1/model, /healthz, /readyz, /metrics, and a web page at / to try the model."""
     from bigmodel.export.runtime import is_export_folder
     from bigmodel.pipeline import load
+    from bigmodel.recipe import parse_overrides
     from bigmodel.serve import ServeSettings, build_card, load_api_keys
     from bigmodel.serve import serve as run_server
 
@@ -301,7 +309,8 @@ def serve(
         host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
         timeout_s=timeout_s, max_body_bytes=int(max_body_mb * 2**20), api_keys=load_api_keys(api_key_file),
     )  # fmt: skip
-    predictor = load(run)  # an export folder: its graph in ONNX Runtime or a loaded program
+    # an export folder: its graph in ONNX Runtime or a loaded program
+    predictor = load(run, options=parse_overrides(options or []))
     if is_export_folder(run):  # no run directory behind it: a card without metrics
         card = {**build_card(None), "run": Path(run).name}
     else:

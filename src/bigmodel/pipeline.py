@@ -773,11 +773,24 @@ def _write_export_json(folder: Path, info: dict, command: str) -> Path:
     return folder
 
 
-def load(run: Run | str | Path, model: nn.Module | None = None) -> Predictor:
+def load(
+    run: Run | str | Path, model: nn.Module | None = None, options: Mapping[str, Any] | None = None
+) -> Predictor:
     """Load a trained run for prediction: ``bigmodel.load(path).predict(inputs)``. An export folder
     (``bigmodel export``) predicts through its graph, without the model's code. A pretrained image
     classifier's name (``efficientnet-lite0``, ``mobilenet_v2``) that is not a folder here loads that
-    checkpoint with its ImageNet head and class names."""
+    checkpoint with its ImageNet head and class names.
+
+    Args:
+        options: task options that change only what predict returns (the task's ``predict_options``:
+            ``{"draw": True}`` for boxes drawn, ``{"temperature": 0}`` for greedy text, ...).
+    """
+    predictor = _open_predictor(run, model)
+    predictor.task.set_predict_options({k.removeprefix("task."): v for k, v in (options or {}).items()})
+    return predictor
+
+
+def _open_predictor(run: Run | str | Path, model: nn.Module | None) -> Predictor:
     from bigmodel.export.runtime import is_export_folder
 
     folder = getattr(run, "path", run)

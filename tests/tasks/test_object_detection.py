@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,10 +155,33 @@ def test_predict_answers_in_the_input_pixels_and_draws(trained, tmp_path):
     assert edge.any(axis=1).all()
     with pytest.raises(DataError, match="prediction must be one result of predict"):
         draw(big, large["boxes"])
-    predictor.task.options.draw = True  # task.draw: predict draws the boxes on the input as given
-    (drawn,) = predictor.predict(np.asarray(big))
+    drawing = bigmodel.load(run.path, options={"draw": True})  # predict draws on the input as given
+    (drawn,) = drawing.predict(np.asarray(big))
     assert drawn["boxes"] == large["boxes"]
     assert np.array_equal(np.asarray(drawn["image"]), np.asarray(draw(big, large)))
+
+
+def test_the_cli_draws_boxes_and_thresholds_scores_on_request(trained, tmp_path):
+    run, files = trained
+    image = json.loads(files["test"].read_text().splitlines()[0])["image"]
+    command = [sys.executable, "-m", "bigmodel", "predict", str(run.path), image, "--images", str(tmp_path)]
+    done = subprocess.run([*command, "--set", "draw=true", "--set", "score_threshold=0.2"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert row["boxes"] and min(b["score"] for b in row["boxes"]) >= 0.2
+    written = Image.open(tmp_path / Path(row["image"]).name)
+    assert np.array_equal(np.asarray(written), np.asarray(draw(Image.open(image), row)))
+    refused = subprocess.run(
+        [*command, "--set", "score_treshold=0.5"], capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "task.score_treshold: not an option predict can change" in refused.stderr
+    assert "Did you mean 'score_threshold'" in refused.stderr
+    bad = subprocess.run(
+        [*command, "--set", "score_threshold=2"], capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2 and "task.score_threshold" in bad.stderr and "(got 2)" in bad.stderr
 
 
 def test_loss_is_summed_over_images_and_decoding_inverts_the_targets(trained):

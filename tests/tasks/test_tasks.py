@@ -551,3 +551,29 @@ def test_metrics_refuse_non_finite_outputs(cls):
     with pytest.raises(UserError, match="non-finite outputs \\(NaN or inf\\) for 1 example; no metric"):
         compute(task, outputs, batch, chunks=2)
     assert math.isfinite(compute(task, torch.zeros(4, task.num_outputs), batch)["loss"])
+
+
+@pytest.mark.parametrize("name", sorted(__import__("bigmodel.tasks", fromlist=["TASKS"]).TASKS))
+def test_options_predict_may_change_are_options_of_the_task(name):
+    cls = task_class(name)
+    assert set(cls.predict_options) <= set(cls.Options.model_fields), cls.predict_options
+
+
+def test_predict_options_are_checked_and_others_refused():
+    task = make(ClassificationTask)
+    with pytest.raises(
+        RecipeError, match=r"task.label_smoothing: not an option predict can change .* Allowed: none"
+    ):
+        task.set_predict_options({"label_smoothing": 0.1})
+    from bigmodel.tasks.causal_lm import CausalLMTask
+
+    lm = CausalLMTask(CausalLMTask.Options(), {"text": "text"})
+    lm.set_predict_options({"temperature": 0, "top_k": 3})
+    assert (lm.options.temperature, lm.options.top_k, lm.options.max_new_tokens) == (0, 3, 200)
+    with pytest.raises(
+        RecipeError, match=r"task.temperatur: .* Allowed: max_new_tokens, .*Did you mean 'temperature'"
+    ):
+        lm.set_predict_options({"temperatur": 1.0})
+    with pytest.raises(RecipeError, match=r"task.top_p: .* \(got 2\)"):
+        lm.set_predict_options({"top_p": 2})
+    assert lm.options.top_k == 3  # a refused change leaves the options as they were

@@ -113,6 +113,7 @@ class AudioClassificationTask(SingleLabel, AudioTask):
 
     name = "audio_classification"
     Options = AudioClassificationOptions
+    predict_options = ("top_k",)
     state_types = {"audio": dict, "class_names": list}
 
     def __init__(self, options, data: dict):

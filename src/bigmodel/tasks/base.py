@@ -100,10 +100,29 @@ class Task:
     state_types: ClassVar[dict[str, type | tuple[type, ...]]] = {
         "format": int, "name": str, "class": str, "options": dict, "data": dict,
     }  # fmt: skip
+    # Options that change only what predict returns (labels listed, how text is sampled or decoded,
+    # boxes drawn): set on a trained run by load(run, options=...) / `bigmodel predict --set K=V`.
+    # Every other option shaped the model or its data, and training fixed it.
+    predict_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: BaseModel, data: dict):
         self.options = options
         self.data = dict(data)
+
+    def set_predict_options(self, updates: Mapping[str, Any]) -> None:
+        """Change :attr:`predict_options` of a fitted task, each value checked as the recipe's is.
+
+        Raises:
+            RecipeError: an option that is not one of them (naming those that are), or a bad value.
+        """
+        for key in updates:
+            if key not in self.predict_options:
+                allowed = ", ".join(self.predict_options) or "none"
+                raise RecipeError(
+                    f"task.{key}: not an option predict can change for task '{self.name}' (training fixed "
+                    f"it). Allowed: {allowed}.{did_you_mean(key, self.predict_options)}"
+                )
+        self.options = parse_options(type(self), {**self.options.model_dump(), **updates})
 
     # -- recipe and fitting -------------------------------------------------------------------------
 

@@ -175,6 +175,7 @@ class CausalLMTask(TextTask):
 
     name = "causal_lm"
     Options = CausalLMOptions
+    predict_options = ("max_new_tokens", "temperature", "top_k", "top_p", "sample_seed")
     metric_names = ("loss", "perplexity", "bpc")
     higher_is_better = {"loss": False, "perplexity": False, "bpc": False}
     state_types = {"end_of_text": int}

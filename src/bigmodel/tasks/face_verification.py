@@ -134,6 +134,7 @@ class FaceVerificationTask(ImageTask):
 
     name = "face_verification"
     Options = FaceVerificationOptions
+    predict_options = ("flip_test", "threshold")
     metric_names = ("roc_auc", "verification_accuracy_at_best_threshold", "rank1")
     higher_is_better = {name: True for name in metric_names}
     state_types = {"image": dict, "identities": list, "threshold": (float, int, type(None))}

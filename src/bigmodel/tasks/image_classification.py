@@ -62,6 +62,7 @@ class ImageClassificationTask(SingleLabel, ImageTask):
 
     name = "image_classification"
     Options = ImageClassificationOptions
+    predict_options = ("top_k",)
     state_types = {"image": dict, "class_names": list}
 
     def check(self, recipe, family) -> None:

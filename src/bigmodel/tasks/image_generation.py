@@ -229,11 +229,26 @@ def _seed(*parts: int) -> int:
 # --- the task -----------------------------------------------------------------------------------------
 
 
+def check_guidance(options: GenerationOptions) -> None:
+    """Guidance needs a class to guide towards and the unconditional model that label dropout trains."""
+    if options.guidance != 1.0 and not options.class_conditional:
+        raise RecipeError(
+            f"task.guidance: {options.guidance} guides towards a class, but task.class_conditional is "
+            "false; set guidance: 1."
+        )
+    if options.guidance != 1.0 and options.label_dropout == 0.0:
+        raise RecipeError(
+            f"task.guidance: {options.guidance} needs the unconditional model, which "
+            "task.label_dropout: 0 never trains; set label_dropout (0.1 is usual) or guidance: 1."
+        )
+
+
 class ImageGenerationTask(ImageTask):
     """A denoising diffusion model of the training images, optionally conditioned on their class."""
 
     name = "image_generation"
     Options = GenerationOptions
+    predict_options = ("sampling_steps", "eta", "guidance")
     metric_names = ("loss", "recognisability", "frechet_judge")
     higher_is_better = {"loss": False, "recognisability": True, "frechet_judge": False}
     state_types = {"image": dict, "class_names": list}
@@ -274,19 +289,18 @@ class ImageGenerationTask(ImageTask):
                 "model.pretrained: image_generation trains its denoiser from scratch; remove it."
             )
         super().check(recipe, family)
-        options = self.options
-        if options.guidance != 1.0 and not options.class_conditional:
-            raise RecipeError(
-                f"task.guidance: {options.guidance} guides towards a class, but task.class_conditional is "
-                "false; set guidance: 1."
-            )
-        if options.guidance != 1.0 and options.label_dropout == 0.0:
-            raise RecipeError(
-                f"task.guidance: {options.guidance} needs the unconditional model, which "
-                "task.label_dropout: 0 never trains; set label_dropout (0.1 is usual) or guidance: 1."
-            )
-        if options.judge is not None:
+        check_guidance(self.options)
+        if self.options.judge is not None:
             self.judge_model()  # a judge that cannot be opened fails now, not after training
+
+    def set_predict_options(self, updates) -> None:
+        previous = self.options
+        super().set_predict_options(updates)
+        try:
+            check_guidance(self.options)
+        except RecipeError:
+            self.options = previous
+            raise
 
     def clean(self, records: Records, split: str) -> Records:
         if self.conditional:

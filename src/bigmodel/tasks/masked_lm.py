@@ -131,6 +131,7 @@ class MaskedLMTask(TextTask):
 
     name = "masked_lm"
     Options = MaskedLMOptions
+    predict_options = ("top_k",)
     metric_names = ("loss", "accuracy", "perplexity")
     higher_is_better = {"loss": False, "accuracy": True, "perplexity": False}
 

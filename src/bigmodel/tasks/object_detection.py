@@ -81,6 +81,7 @@ class ObjectDetectionTask(ImageTask):
 
     name = "object_detection"
     Options = ObjectDetectionOptions
+    predict_options = ("score_threshold", "draw", "max_detections", "nms_iou", "flip_test")
     metric_names = METRICS
     higher_is_better = {"loss": False, "map": True, "map_50": True, "map_75": True, "mar_100": True}
     state_types = {"image": dict, "categories": list}

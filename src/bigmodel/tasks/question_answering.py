@@ -187,6 +187,7 @@ class QuestionAnsweringTask(TextTask):
 
     name = "question_answering"
     Options = QuestionAnsweringOptions
+    predict_options = ("max_answer_length",)
     metric_names = METRICS
     higher_is_better = {"loss": False, "exact_match": True, "f1": True}
 

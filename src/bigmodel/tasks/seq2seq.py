@@ -112,6 +112,7 @@ class Seq2SeqTask(TextTask):
 
     name = "seq2seq"
     Options = Seq2SeqOptions
+    predict_options = ("num_beams", "length_penalty", "max_new_tokens")
     metric_names = ("loss", "bleu", "chrf")
     higher_is_better = {"loss": False, "bleu": True, "chrf": True}
     state_types = {"eos": int}

@@ -196,6 +196,7 @@ class SpeechRecognitionTask(Transcribed, AudioTask):
 
     name = "speech_recognition"
     Options = SpeechRecognitionOptions
+    predict_options = ("decode", "beam_width")
     metric_names = ("loss", "cer", "wer")
     higher_is_better = {"loss": False, "cer": False, "wer": False}
     state_types = {"audio": dict, "vocabulary": list, "transcript_column": str}

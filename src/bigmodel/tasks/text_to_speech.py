@@ -148,6 +148,7 @@ class TextToSpeechTask(Transcribed, AudioTask):
 
     name = "text_to_speech"
     Options = TextToSpeechOptions
+    predict_options = ("speed", "vocoder")
     metric_names = ("loss", "mel_loss", "wer", "cer", "mcd")
     higher_is_better = {"loss": False, "mel_loss": False, "wer": False, "cer": False, "mcd": False}
     state_types = {"audio": dict, "vocabulary": list, "text_column": str}
