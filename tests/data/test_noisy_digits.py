@@ -190,8 +190,15 @@ def test_generates_held_out_voices_and_noises_at_the_recorded_snr(stamps, tmp_pa
     )
 
 
+@needs_flite
+def test_an_unknown_flite_voice_is_refused_not_spoken_by_the_default_voice(stamps, tmp_path):
+    odd = NoisyDigits(**{**TINY.__dict__, "flite_voices": {**TINY.flite_voices, "test": ("slt", "nobody")}})
+    with pytest.raises(DataError, match=r"flite has no voice nobody \('.*flite -lv' lists awb, .*slt\)"):
+        read_noisy_digits(odd, cache=tmp_path, stamps=stamps[0])
+
+
 def _must_not_synthesise(command, **kwargs):
-    if "--version" in command:  # part of the cache key
+    if "--version" in command or "-lv" in command:  # the cache key; the voice check
         return REAL_RUN(command, **kwargs)
     raise AssertionError(f"a synthesiser ran again: {command}")
 

@@ -143,6 +143,7 @@ def read_noisy_digits(
             synthesiser fails or hangs, or the cache cannot be written or is damaged.
     """
     flite, flite_version = find_flite(spec.name)
+    check_flite_voices(spec, flite)
     noises = noise_files(stamps)
     if not noises:
         raise DataError(
@@ -200,6 +201,22 @@ def find_flite(name: str) -> tuple[str, str]:
     return flite, match.group(1) if match else done.stdout.strip()[:80]
 
 
+def check_flite_voices(spec: NoisyDigits, flite: str) -> None:
+    """flite speaks an unknown ``-voice`` with its default voice, silently: refuse it here (``flite -lv``
+    lists the voices compiled in)."""
+    try:
+        done = subprocess.run([flite, "-lv"], capture_output=True, text=True, timeout=FLITE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DataError(f"'{flite} -lv' failed ({exc}); reinstall it: {FLITE_INSTALL}.") from None
+    known = set(done.stdout.split(":", 1)[-1].split())
+    missing = sorted({v for voices in spec.flite_voices.values() for v in voices} - known)
+    if missing:
+        raise DataError(
+            f"builtin:{spec.name}: flite has no voice {', '.join(missing)} ('{flite} -lv' lists "
+            f"{', '.join(sorted(known)) or 'none'}); this set needs flite 2.2's voices: {FLITE_INSTALL}."
+        )
+
+
 def noise_files(stamps: str | Path = tuxpaint_speech.STAMPS) -> list[str]:
     """The stamps' own sound effects, as paths relative to ``stamps`` (sorted): every ``.ogg`` but the
     spoken descriptions (``*_desc*.ogg``), translations of another sound (``name_fr.ogg`` beside
@@ -249,7 +266,7 @@ def _flite_clips(spec: NoisyDigits, split: str) -> list[dict]:
     for (label, word), voice in itertools.product(spec.words.items(), spec.flite_voices.get(split, ())):
         pitches = (0,) if voice in spec.own_pitch_only else spec.pitches
         for stretch, pitch, copy in itertools.product(
-            spec.stretches, pitches, range(spec.flite_copies[split])
+            spec.stretches, pitches, range(spec.flite_copies.get(split, 1))
         ):
             file = f"{split}/{label}/flite-{voice}-d{stretch}-p{pitch}-{copy}.wav"
             clips.append({"split": split, "label": label, "word": word, "generator": "flite", "voice": voice,
@@ -284,6 +301,8 @@ def trim_silence(
     frame (flite pads a word with ~0.15 s of silence each side), keeping ``margin_s`` either side."""
     frame = max(1, rate // 100)
     usable = len(wave) // frame * frame
+    if usable == 0:
+        return wave
     rms = wave[:usable].reshape(-1, frame).double().pow(2).mean(dim=1).sqrt()
     loud = torch.nonzero(rms >= rms.max() * 10.0 ** (floor_db / 20.0)).flatten()
     if len(loud) == 0:
