@@ -44,6 +44,8 @@ def test_recipe_loads_and_trains_one_step(name, tmp_path):
             pytest.skip("dry-run on 9 generated clips in tests/data/test_digit_phrases.py")
         if recipe.data.source == "builtin:digit-phrases-tts":  # the same: 2,300 clips
             pytest.skip("dry-run on 6 generated clips in tests/tasks/test_text_to_speech.py")
+        if recipe.data.source == "builtin:spoken-digits-noisy":  # the same: 11,140 clips
+            pytest.skip("dry-run on generated clips in tests/data/test_noisy_digits.py")
         if recipe.data.source == "builtin:asterisk-en":  # published splits: a slice of each, real prompts
             overrides.update(_asterisk_slice(tmp_path))
         if recipe.data.source == "builtin:tuxpaint-speech":  # the same: 2 real phrases of 2 languages
