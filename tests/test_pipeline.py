@@ -216,7 +216,8 @@ def test_evaluate_on_another_source_records_it_beside_the_splits(tmp_path):
     assert np.asarray(metrics["confusion_matrix"]).sum() == len(rows[1::3])
     predicted = [r["label"] for r in bigmodel.load(run).predict(other)]
     truth = [line.rsplit(",", 1)[1] for line in rows[1::3][::-1]]
-    assert metrics["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+    hits = [p == t for p, t in zip(predicted, truth, strict=True)]
+    assert metrics["accuracy"] == pytest.approx(np.mean(hits))
     with pytest.raises(DataError, match=r"--split validation: .* one table with no splits; --split test"):
         bigmodel.evaluate(run, split="validation", data=f"csv:{other}")
     with pytest.raises(RecipeError, match="data.source"):
