@@ -344,9 +344,8 @@ def test_cli_predict_with_nan_weights_exits_2_and_prints_no_json(tmp_path, predi
 
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in as_records(rows(2, seed=3))))
-    monkeypatch.setattr(
-        bigmodel.pipeline, "load", lambda run: Predictor(nan_weights(predictor.model), predictor.task)
-    )
+    broken = Predictor(nan_weights(predictor.model), predictor.task)
+    monkeypatch.setattr(bigmodel.pipeline, "load", lambda run, options=None: broken)
     monkeypatch.setattr(sys, "argv", ["bigmodel", "predict", str(tmp_path), str(path)])
     with pytest.raises(SystemExit) as info:
         main()
@@ -364,7 +363,7 @@ def test_cli_predict_writes_strict_json(tmp_path, predictor, monkeypatch, capsys
     path = tmp_path / "in.csv"
     x = rows(3, seed=8)
     path.write_text("f0,f1,f2,f3\n" + "".join(",".join(map(str, r)) + "\n" for r in x))
-    monkeypatch.setattr(bigmodel.pipeline, "load", lambda run: predictor)
+    monkeypatch.setattr(bigmodel.pipeline, "load", lambda run, options=None: predictor)
     monkeypatch.setattr(sys, "argv", ["bigmodel", "predict", str(tmp_path), str(path)])
     with pytest.raises(SystemExit) as info:
         main()
