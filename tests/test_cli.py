@@ -145,3 +145,16 @@ def test_data_info_states_source_size_and_licence():
     wrong = bigmodel("data", "info", "wnut16-nerr")
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "Did you mean 'wnut16-ner'" in " ".join(wrong.stderr.split())
+
+
+def test_data_export_writes_a_split_and_refuses_unknown_columns(tmp_path):
+    csv_path = write_wine_csv(tmp_path / "wine.csv")
+    out = tmp_path / "train.jsonl"
+    result = bigmodel("data", "export", "tabular-csv", f"data.source=csv:{csv_path}", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"rows of the train split -> {out}" in result.stdout
+    assert len(out.read_text().splitlines()) == int(result.stdout.split()[0])
+    bad = bigmodel(
+        "data", "export", "tabular-csv", f"data.source=csv:{csv_path}", "--column", "x", "-o", str(out)
+    )
+    assert bad.returncode == 2 and "--column: column 'x'" in bad.stderr and "Traceback" not in bad.stderr

@@ -240,3 +240,33 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
             "tabular-csv", output=tmp_path / "runs", progress=False, **{"data.source": f"csv:{bad}"}
         )
     assert not (tmp_path / "runs").exists()
+
+
+def test_export_data_writes_each_split_as_training_sees_it(tmp_path):
+    csv_path = write_wine_csv(tmp_path / "wine.csv")
+    source = {"data.source": f"csv:{csv_path}"}
+    parts = {}
+    for split in ("train", "validation", "test"):
+        path = tmp_path / f"{split}.jsonl"
+        written = bigmodel.export_data("tabular-csv", path, split=split, **source)
+        parts[split] = [json.loads(line) for line in path.read_text().splitlines()]
+        assert written == len(parts[split]) > 0
+    rows = [tuple(row.values()) for part in parts.values() for row in part]
+    assert len(rows) == len(set(rows)) == 178  # disjoint, and together the whole table
+    run = bigmodel.train(
+        "tabular-csv", output=tmp_path / "runs", progress=False, **source, **{"train.epochs": 2}
+    )
+    exported_test = bigmodel.evaluate(run, data=f"jsonl:{tmp_path / 'test.jsonl'}")
+    own_test = json.loads((run.path / "eval.json").read_text())["test"]
+    assert exported_test["confusion_matrix"] == own_test["confusion_matrix"]  # the very held-out rows
+    bigmodel.export_data("tabular-csv", tmp_path / "labels.jsonl", columns=["label"], **source)
+    assert set(json.loads((tmp_path / "labels.jsonl").read_text().splitlines()[0])) == {"label"}
+    with pytest.raises(DataError, match=r"--column: column 'lable' .* Did you mean 'label'"):
+        bigmodel.export_data("tabular-csv", tmp_path / "x.jsonl", columns=["lable"], **source)
+    with pytest.raises(RecipeError, match=r"--split test: the recipe holds out no test data"):
+        bigmodel.export_data(
+            "tabular-csv", tmp_path / "x.jsonl", split="test", **source, **{"data.split.test": 0}
+        )
+    with pytest.raises(DataError, match=r"--column image: its values are ndarray"):
+        bigmodel.export_data("digits-cnn", tmp_path / "x.jsonl", columns=["image"])
+    assert not (tmp_path / "x.jsonl").exists()  # a refused export leaves no file behind

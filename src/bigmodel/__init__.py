@@ -18,6 +18,7 @@ _LAZY = {
     "load": "bigmodel.pipeline",
     "fit": "bigmodel.pipeline",
     "export_pretrained": "bigmodel.pipeline",
+    "export_data": "bigmodel.pipeline",
     "report": "bigmodel.pipeline",
     "compress_run": "bigmodel.pipeline",  # bigmodel.compress is the compress/ package
     "open_run": "bigmodel.rundir",

@@ -426,6 +426,28 @@ def data_info(name: Annotated[str, typer.Argument(help="A built-in data set, e.g
         print(f"install: {entry.install}")
 
 
+@data_app.command("export")
+def data_export(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML file or shipped recipe name.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,  # noqa: UP045
+    output: Annotated[Path, typer.Option("--output", "-o", help="The JSON lines file to write.")] = Path(
+        "data.jsonl"
+    ),
+    split: Annotated[str, typer.Option(help="train, validation or test.")] = "train",
+    column: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="A column to write (repeatable; default: all)."),
+    ] = None,
+):
+    """Write one split of a recipe's data as JSON lines, as training sees it: e.g. the train split's
+    text for masked-LM pretraining with no test example in it (read back with jsonl:FILE)."""
+    from bigmodel.pipeline import export_data
+    from bigmodel.recipe import parse_overrides
+
+    rows = export_data(recipe, output, split=split, columns=column, **parse_overrides(overrides or []))
+    print(f"{rows} rows of the {split} split -> {output}")
+
+
 @app.command()
 def demo(output: OutputOpt = Path("runs")):
     """Train the digits CNN (recipes/digits-cnn.yaml) and print what it reached."""

@@ -25,6 +25,7 @@ from bigmodel import recipe as recipes
 from bigmodel.compress.lora import add_lora, lora_options, merge_lora
 from bigmodel.compress.stages import parse_stages, run_stages
 from bigmodel.data import SPLITS, ColumnRecords, Records, open_external, open_splits
+from bigmodel.data.records import write_jsonl
 from bigmodel.errors import DataError, RecipeError, RunDirError, UserError, did_you_mean
 from bigmodel.evaluation.metrics import scalar_metrics
 from bigmodel.evaluation.report import write_report
@@ -175,6 +176,34 @@ def plan(recipe: str | Path | Mapping | Recipe, nproc: int = 1, probe: bool = Tr
     return training_plan(
         model, task, splits["train"], recipe.train, world_size=nproc, probe=probe, seed=recipe.seed
     )  # the probe times the run's own first batches
+
+
+def export_data(
+    recipe: str | Path | Mapping | Recipe,
+    path: str | Path,
+    split: str = "train",
+    columns: list[str] | None = None,
+    **overrides: Any,
+) -> int:
+    """Write one split of a recipe's data as JSON lines, exactly as training sees it (the recipe's
+    source, split fractions, seed and the task's cleaning); returns the rows written.
+
+    What it is for: pretraining on the train split's own text (``masked_lm`` on the train tweets, then
+    fine-tuning on the labels) without one validation or test example leaking into the pretraining.
+
+    Args:
+        columns: the columns to write (default: all of them).
+    """
+    recipe = load_recipe(recipe, **overrides)
+    if split not in SPLITS:
+        raise RecipeError(
+            f"--split: unknown split {split!r}. Allowed: {', '.join(SPLITS)}.{did_you_mean(split, SPLITS)}"
+        )
+    splits, _ = _open_data(recipe, create_task(recipe))
+    if split not in splits:
+        raise RecipeError(f"--split {split}: the recipe holds out no {split} data (data.split.{split} = 0).")
+    records = splits[split]
+    return write_jsonl(records, path, columns or records.columns)
 
 
 def _open_data(recipe: Recipe, task) -> tuple[dict[str, Records], str]:

@@ -9,11 +9,14 @@ never a copy.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bigmodel.data.io import atomic_path
 from bigmodel.errors import DataError, did_you_mean
 
 
@@ -176,3 +179,32 @@ def records_from_rows(rows: Sequence[Mapping], where: str) -> ColumnRecords:
         if missing:
             raise DataError(f"{where}: record {i + 1} lacks '{missing[0]}' (the first record has {keys}).")
     return ColumnRecords({k: [row[k] for row in rows] for k in keys}, where)
+
+
+def write_jsonl(records: Records, path: str | Path, columns: Sequence[str]) -> int:
+    """Write ``columns`` of ``records`` to ``path`` as JSON lines, atomically; returns the rows written.
+
+    Values must be JSON values (text, numbers, booleans, lists of them): an image or a waveform is
+    refused, naming its column, rather than written as something no reader takes back.
+    """
+    for name in columns:
+        records.require(name, "--column")
+
+    def plain(value, name: str):
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v, name) for v in value]
+        raise DataError(
+            f"--column {name}: its values are {type(value).__name__} ({records.where}), not text, numbers "
+            "or lists of them; JSON lines cannot hold them. Export the text and label columns."
+        )
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for row in records:
+            out.write(
+                json.dumps({name: plain(row[name], name) for name in columns}, ensure_ascii=False) + "\n"
+            )
+    return len(records)
