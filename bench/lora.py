@@ -8,7 +8,7 @@ The chain (each step its own child process of ``python -m bigmodel``):
    tokenizer);
 3. two fine-tunes of ``recipes/gpt2-lora.yaml`` from that folder on ``builtin:ptb`` (newswire, another
    domain), ``--steps`` steps each, same seed, data, batches and schedule:
-   - lora: the recipe as shipped (r=2 on q, v: 0.5 % of the weights train), its own learning rate;
+   - lora: the recipe as shipped (r=1 on q, v, fc1, fc2, head: 0.9 % of the weights train), its own lr;
    - full: ``model.adapter=null`` and ``train.optimizer.lr=--full-lr`` (every weight trains).
    Both start from the same weights, so step 0's loss is the same for both.
 

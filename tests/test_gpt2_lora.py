@@ -71,7 +71,8 @@ def test_the_recipe_configuration_trains_under_one_percent_of_the_weights_for_an
         model = family.model_cls(family.config_cls(vocab_size=3, max_positions=64, **recipe.model.options()))
     add_lora(model, **lora_options(recipe.model.adapter.lora.model_dump()))
     report = parameter_report(model)
-    assert report["trainable_params"] == 4 * 2 * 2 * (128 + 128)  # 4 blocks, q and v, r=2
+    per_block = 2 * (128 + 128) + 2 * (128 + 512)  # r=1 on q, v and the MLP's two layers
+    assert report["trainable_params"] == 4 * per_block + (128 + 3)  # and the output layer, r=1
     assert report["trainable_percent"] < 1.0
 
 
@@ -90,7 +91,10 @@ def test_pretrain_export_then_lora_fine_tune_keeps_the_base_and_loads_in_peft(tm
            "model.pretrained": str(hf)},
     )  # fmt: skip
     summary = json.loads((run.path / "summary.json").read_text())["train"]
-    assert summary["trainable_params"] == 4096 and summary["trainable_percent"] < 1.0
+    vocab = json.loads((hf / "config.json").read_text())["vocab_size"]
+    per_block = 2 * (128 + 128) + 2 * (128 + 512)  # r=1 on q, v and the MLP's two layers
+    assert summary["trainable_params"] == 4 * per_block + 128 + vocab  # and the output layer
+    assert summary["trainable_percent"] < 1.0
     losses = _train_losses(run.path)
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2  # the adapters learn the new text
 
@@ -107,7 +111,9 @@ def test_pretrain_export_then_lora_fine_tune_keeps_the_base_and_loads_in_peft(tm
     # PEFT's files, read by peft onto transformers' GPT-2: the same logits as our run's model.
     assert (run.path / "adapter_model.safetensors").is_file()
     config = json.loads((run.path / "adapter_config.json").read_text())
-    assert config["task_type"] == "CAUSAL_LM" and config["r"] == 4  # q and v's r=2 in the fused c_attn
+    assert config["task_type"] == "CAUSAL_LM" and config["r"] == 1
+    assert set(config["rank_pattern"].values()) == {2}  # q and v's r=1 stacked in the fused c_attn
+    assert "lm_head" in config["target_modules"]  # the output layer, not the tied input embedding
     ours, _, _ = open_run(run.path)
     reference = peft.PeftModel.from_pretrained(
         transformers.GPT2LMHeadModel.from_pretrained(hf), run.path

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -78,7 +79,15 @@ class _Layout:
         if self.prefix and all(v.startswith(self.prefix) for v in self.key_map.values()):
             self.prefix = ""  # the key map already names the task model (BERT with its MLM head)
         self.modules = {}  # native path (from the model's root) -> published module name
+        # A tied output layer's tensor is published as the embedding's, but transformers keeps it a
+        # module of its own (lm_head) and PEFT adapts it under that name: take the untied layout's.
+        untied = (
+            fmt.key_map(replace(config, tie_embeddings=False))
+            if getattr(config, "tie_embeddings", False)
+            else {}
+        )
         for key, published in self.key_map.items():
+            published = untied.get(key, published)
             if key.endswith(".weight") and published.endswith(".weight"):
                 self.modules[self.inner + key.removesuffix(".weight")] = (
                     self.prefix + published[: -len(".weight")]
