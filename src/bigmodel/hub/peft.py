@@ -10,6 +10,8 @@ writes. Nothing here imports ``peft``.
   ``A = [A_q; A_v]`` and ``B`` block-diagonal in the rows of its parts, with ``rank_pattern`` /
   ``alpha_pattern`` keeping ``alpha / r`` — the same update, exactly. Reading one back, every part
   gets ``A`` whole and its rows of ``B``: again the same update.
+- An output layer tied to the token embedding is published under the embedding's tensor, but its
+  adapter is named after transformers' own module for it (``lm_head``), as PEFT names it.
 - A task's head (``model.head`` beside ``model.backbone``) is PEFT's ``modules_to_save``, named as
   transformers' task model names it (``bert`` + ``classifier`` for BERT sequence and token
   classification: :data:`HEADED_LAYOUTS`). Where transformers has no such model, the head stays in
