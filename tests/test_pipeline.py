@@ -270,3 +270,15 @@ def test_export_data_writes_each_split_as_training_sees_it(tmp_path):
     with pytest.raises(DataError, match=r"--column image: its values are ndarray"):
         bigmodel.export_data("digits-cnn", tmp_path / "x.jsonl", columns=["image"])
     assert not (tmp_path / "x.jsonl").exists()  # a refused export leaves no file behind
+
+
+def test_write_jsonl_writes_missing_values_as_null_and_refuses_infinity(tmp_path):
+    from bigmodel.data.records import ColumnRecords, write_jsonl
+
+    records = ColumnRecords({"x": [1.5, float("nan"), np.float32(2.0)], "label": ["a", "b", "a"]}, "rows")
+    write_jsonl(records, tmp_path / "out.jsonl", ["x", "label"])
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["x"] for row in lines] == [1.5, None, 2.0]
+    with pytest.raises(DataError, match=r"--column x: inf is not a JSON number"):
+        write_jsonl(ColumnRecords({"x": [float("inf")]}, "rows"), tmp_path / "bad.jsonl", ["x"])
+    assert not (tmp_path / "bad.jsonl").exists()

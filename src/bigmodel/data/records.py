@@ -10,6 +10,7 @@ never a copy.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,11 @@ def write_jsonl(records: Records, path: str | Path, columns: Sequence[str]) -> i
 
     def plain(value, name: str):
         if isinstance(value, np.generic):
-            return value.item()
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            if math.isnan(value):
+                return None  # missing: JSON's null, as the jsonl reader asks for
+            raise DataError(f"--column {name}: {value} is not a JSON number ({records.where}).")
         if isinstance(value, (str, int, float, bool)) or value is None:
             return value
         if isinstance(value, (list, tuple)):
