@@ -193,6 +193,12 @@ def test_unknown_key_that_looks_like_a_type_tag_is_still_named(key):
         ({"data.split.validation": False}, "data.split.validation: true/false"),
         ({"train.group_by_length": 0}, "train.group_by_length: expected true or false"),
         ({"train.optimizer.lr": float("inf")}, "train.optimizer.lr: Input should be a finite number"),
+        (
+            {"model.hidden_sizes": float("inf")},
+            "model: hidden_sizes: inf is not allowed (numbers must be finite)",
+        ),
+        ({"model.hidden_sizes": [8, float("nan")]}, "model: hidden_sizes: nan is not allowed"),
+        ({"task.extra": {"a": float("-inf")}}, "task: extra.a: -inf is not allowed"),
         ({"seed": -1}, "seed:"),
         ({"seed": 2**64}, "seed:"),
         ({"train.epochs": 10**30}, "train.epochs: number too large"),

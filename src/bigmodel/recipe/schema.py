@@ -7,6 +7,7 @@ No torch import here: ``bigmodel --help`` and recipe checks stay fast.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -128,6 +129,24 @@ class DataConfig(Strict):
         return _check_source(value)
 
 
+def _finite_options(options: dict[str, Any]) -> None:
+    """Free-form options (a task's, a family's) get the same rule as every typed field: no
+    ``.inf``/``.nan``, which no option means and which recipe.yaml (JSON mode) could not write back."""
+
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key}: {value} is not allowed (numbers must be finite)")
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                check(key, item)
+        if isinstance(value, dict):
+            for name, item in value.items():
+                check(f"{key}.{name}", item)
+
+    for key, value in options.items():
+        check(key, value)
+
+
 class TaskConfig(BaseModel):
     """What a record means and how it is scored: ``name`` is a built-in task or ``package.module:Class``;
     every other key is that task's option, checked against the task's own options when it is built."""
@@ -139,6 +158,11 @@ class TaskConfig(BaseModel):
     @classmethod
     def _from_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _finite(self) -> TaskConfig:
+        _finite_options(self.options())
+        return self
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -172,6 +196,11 @@ class ModelConfig(BaseModel):
     arch: str
     pretrained: str | None = None
     adapter: AdapterConfig | None = None
+
+    @model_validator(mode="after")
+    def _finite(self) -> ModelConfig:
+        _finite_options(self.options())
+        return self
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
