@@ -195,15 +195,25 @@ def export_data(
         columns: the columns to write (default: all of them).
     """
     recipe = load_recipe(recipe, **overrides)
+    _check_split_name(split, RecipeError)
+    splits, _ = _open_data(recipe, create_task(recipe))
+    records = _held_out(splits, split)
+    return write_jsonl(records, path, columns or records.columns)
+
+
+def _check_split_name(split: str, error: type[UserError]) -> None:
+    """Refuse a split that is not train, validation or test, before any data is opened."""
     if split not in SPLITS:
-        raise RecipeError(
+        raise error(
             f"--split: unknown split {split!r}. Allowed: {', '.join(SPLITS)}.{did_you_mean(split, SPLITS)}"
         )
-    splits, _ = _open_data(recipe, create_task(recipe))
+
+
+def _held_out(splits: dict[str, Records], split: str) -> Records:
+    """``splits[split]``, refused naming the recipe field when the recipe holds none out."""
     if split not in splits:
         raise RecipeError(f"--split {split}: the recipe holds out no {split} data (data.split.{split} = 0).")
-    records = splits[split]
-    return write_jsonl(records, path, columns or records.columns)
+    return splits[split]
 
 
 def _open_data(recipe: Recipe, task) -> tuple[dict[str, Records], str]:
@@ -559,10 +569,7 @@ def evaluate(
     Returns:
         The full metrics (scalars, per-class table and confusion matrix for classification).
     """
-    if split not in SPLITS:
-        raise RunDirError(
-            f"--split: unknown split {split!r}. Allowed: {', '.join(SPLITS)}.{did_you_mean(split, SPLITS)}"
-        )
+    _check_split_name(split, RunDirError)
     model, task, info = open_run(run, model=model)
     recipe, run_dir = info["recipe"], info["run_dir"]
     if data is not None:
@@ -593,11 +600,7 @@ def _own_split(recipe: Recipe, task, info: dict, split: str) -> Records:
             f"{recipe.data.source}: the data changed since this run was trained, so its '{split}' split "
             f"would not be the held-out one. Evaluate on the original file."
         )
-    if split not in splits:
-        raise RecipeError(
-            f"--split {split}: this run's recipe holds out no {split} data (data.split.{split} = 0)."
-        )
-    return splits[split]
+    return _held_out(splits, split)
 
 
 def export_pretrained(run: Run | str | Path, folder: str | Path | None = None) -> Path:
